@@ -1,0 +1,54 @@
+# make test   : sets up .venv (torch 2.14.1, the CUDA build, so the CUDA code compiles and links), builds, runs pytest
+# make bench  : the same setup, then `python -m regops bench --quick`
+# make test-cpu   : CPU-only build (REGOPS_NO_CUDA=1) against torch 2.13.0 in .venv-cpu, smoke tests
+# make test-cmake : the CMake build of the same csrc/ against .venv-cpu's libtorch, smoke tests on it
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+VENV_CPU := .venv-cpu
+TEST_DEPS := pytest pytest-timeout hypothesis numpy
+PYTEST_FLAGS ?= -q -ra --durations=20 --timeout=900
+export MAX_JOBS ?= 2
+
+.PHONY: test bench build test-cpu test-cmake gpu-check clean
+
+$(VENV)/.deps:
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip setuptools wheel
+	$(VENV)/bin/pip install -q torch==2.14.1 $(TEST_DEPS)
+	touch $@
+
+build: $(VENV)/.deps
+	$(VENV)/bin/pip install -q --no-build-isolation -e .
+
+test: build
+	$(VENV)/bin/python -m regops info
+	$(VENV)/bin/python -m pytest $(PYTEST_FLAGS) tests
+
+bench: build
+	$(VENV)/bin/python -m regops bench --quick
+
+$(VENV_CPU)/.deps:
+	test -x $(VENV_CPU)/bin/python || $(PYTHON) -m venv $(VENV_CPU)
+	$(VENV_CPU)/bin/pip install -q --upgrade pip setuptools wheel
+	$(VENV_CPU)/bin/pip install -q torch==2.13.0 $(TEST_DEPS)
+	touch $@
+
+# Non-editable, in its own build folder, so it never clobbers the main build's in-place _C.
+test-cpu: $(VENV_CPU)/.deps
+	REGOPS_NO_CUDA=1 REGOPS_BUILD_DIR=build-cpu $(VENV_CPU)/bin/pip install -q --no-build-isolation .
+	cd tests && ../$(VENV_CPU)/bin/python -m regops info
+	$(VENV_CPU)/bin/python -m pytest $(PYTEST_FLAGS) -m smoke tests
+
+test-cmake: $(VENV_CPU)/.deps
+	cmake -S . -B build-cmake -G Ninja -DCMAKE_BUILD_TYPE=Release \
+	  -DCMAKE_PREFIX_PATH="$$($(VENV_CPU)/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+	  $(CMAKE_ARGS)
+	cmake --build build-cmake -j $(MAX_JOBS)
+	REGOPS_OPS_LIBRARY=$(CURDIR)/build-cmake/libregops_ops.so $(VENV_CPU)/bin/python -m pytest $(PYTEST_FLAGS) -m smoke tests
+
+gpu-check:
+	bash scripts/gpu_check.sh
+
+clean:
+	rm -rf build build-cpu build-cmake python/regops/_C*.so *.egg-info python/*.egg-info

@@ -1,0 +1,130 @@
+"""SORSA's orthonormality penalty, forward + backward: regops impls against the official per-matrix loop.
+
+Two groups per size (L matrices of r x n):
+- orthonormal_penalty(side="rows", reduction="sum") then .backward(), against `official` (the per-layer
+  loop of bench/baselines/sorsa_official.py) and `gemm-bound`, the time torch needs for the two GEMMs
+  any implementation has to do: X Xᵀ (half of it, as it is symmetric) and R X with R = X Xᵀ − I.
+- sorsa_regularize_ on L/2 (A, B) pairs (the same L matrices), against the autograd way of adding
+  ∇((γ/lr)·sorsa_ortho_loss) into .grad.
+"""
+from __future__ import annotations
+
+import torch
+
+import regops
+from regops import _loader
+from regops.ops.orthonormal import KERNELS
+from regops.ops.sorsa import REG_KERNELS
+
+from baselines import sorsa_official
+from harness import Case
+
+SIZES = ((2000, 8, 64), (448, 16, 4096), (224, 128, 4096))   # (L, r, n)
+GAMMA, LR = 4e-4, 3e-5   # the value only scales the gradient; any finite pair times the same
+F32 = 4
+
+
+def _near_orthonormal(shape, n: int, device, seed: int = 0) -> torch.Tensor:
+    """Gaussian factors scaled by 1/sqrt(n), n the length of the vectors meant to be orthonormal: close to
+    orthonormal, as trained SORSA factors are, but never exactly."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g) / n ** 0.5).to(device)
+
+
+def _leaves(stacked: torch.Tensor) -> list:
+    # Separate leaf tensors, as a model's per-layer parameters are; views of one buffer save a copy.
+    return [m.requires_grad_() for m in stacked.unbind(0)]
+
+
+def _unavailable(op, impl, device, kernels):
+    ok, why = _loader.impl_available(op, impl, device, kernels)
+    return None if ok else why
+
+
+def penalty_cases(L, r, n, device) -> list[Case]:
+    op, size, nbytes = "orthonormal_penalty", f"{L}x{r}x{n}", L * r * n * F32
+    shape = (L, r, n)
+
+    def stacked():
+        return _near_orthonormal(shape, n, device).requires_grad_()
+
+    def impl_fn(impl):
+        def fn(x):
+            x.grad = None  # every call allocates its gradient, as after zero_grad(set_to_none=True)
+            regops.orthonormal_penalty(x, side="rows", reduction="sum", impl=impl).backward()
+        return fn
+
+    def official(mats):
+        for m in mats:
+            m.grad = None
+        sorsa_official.penalty_rows_sum(mats).backward()
+
+    def compiled_setup():
+        # dynamic=False: one static graph per size, as a training run with fixed layer shapes gets.
+        f = torch.compile(lambda x: regops.orthonormal_penalty(x, side="rows", reduction="sum", impl="reference"),
+                          dynamic=False)
+        return stacked(), f
+
+    def compiled(state):
+        x, f = state
+        x.grad = None
+        f(x).backward()
+
+    def bound_setup():
+        x = _near_orthonormal(shape, n, device)
+        return x, torch.randn(L, r, r, device=device)
+
+    cases = [
+        Case(op, size, "official", lambda: _leaves(_near_orthonormal(shape, n, device)), official,
+             predicted_bytes=4 * nbytes),
+        Case(op, size, "reference", stacked, impl_fn("reference"), predicted_bytes=4 * nbytes),
+        Case(op, size, "compiled-reference", compiled_setup, compiled, predicted_bytes=4 * nbytes),
+    ]
+    impls = ["cpu"] if device.type == "cpu" else ["cuda", "triton"]
+    for impl in impls:
+        cases.append(Case(op, size, impl, stacked, impl_fn(impl), predicted_bytes=3 * nbytes,
+                          skip=_unavailable(op, impl, device, KERNELS)))
+    cases.append(Case(op, size, "gemm-bound", bound_setup, predicted_bytes=3 * nbytes,
+                      parts=((0.5, lambda s: torch.bmm(s[0], s[0].transpose(1, 2))),
+                             (1.0, lambda s: torch.bmm(s[1], s[0]))),
+                      note="time(bmm(X, Xᵀ))/2 + time(bmm(R, X)): the GEMM work any impl does, not an op"))
+    return cases
+
+
+def regularize_cases(L, r, n, device) -> list[Case]:
+    op, size, nbytes = "sorsa_regularize_", f"{L}x{r}x{n}", L * r * n * F32
+    pairs_n = L // 2
+
+    def pairs():
+        # A: (r, n) with orthonormal rows, B: (n, r) with orthonormal columns; .grad already holds the
+        # task gradient, as when the trainer adds the regularizer after the main backward.
+        As = _leaves(_near_orthonormal((pairs_n, r, n), n, device, seed=1))
+        Bs = _leaves(_near_orthonormal((pairs_n, n, r), n, device, seed=2))
+        for t in As + Bs:
+            t.grad = torch.zeros_like(t)
+        return list(zip(As, Bs))
+
+    def autograd_reference(ps):
+        As, Bs = zip(*ps)
+        ((GAMMA / LR) * regops.sorsa_ortho_loss(list(As), list(Bs), impl="reference")).backward()
+
+    def regularize(impl):
+        return lambda ps: regops.sorsa_regularize_(ps, GAMMA, LR, impl=impl)
+
+    base = dict(baseline="autograd-reference")
+    cases = [Case(op, size, "autograd-reference", pairs, autograd_reference, predicted_bytes=5 * nbytes, **base)]
+    impls = ["cpu", "reference"] if device.type == "cpu" else ["cuda", "triton", "reference"]
+    for impl in impls:
+        cases.append(Case(op, size, f"regularize_-{impl}", pairs, regularize(impl), predicted_bytes=4 * nbytes,
+                          skip=_unavailable(op, impl, device, REG_KERNELS), **base))
+    return cases
+
+
+def cases(quick: bool, device: torch.device) -> list[Case]:
+    # Quick keeps every size (the large one is where the kernels differ most); the harness cuts the reps.
+    out = []
+    for L, r, n in SIZES:
+        out += penalty_cases(L, r, n, device)
+    for L, r, n in SIZES:
+        out += regularize_cases(L, r, n, device)
+    return out

@@ -1,0 +1,14 @@
+"""regops: fast, exact regularizers from recent deep-learning papers, as PyTorch ops."""
+from importlib.metadata import PackageNotFoundError, version as _version
+
+from . import _loader  # loads the compiled ops (or notes their absence) before the ops register
+from .ops.orthonormal import orthonormal_penalty
+from .ops.sorsa import sorsa_ortho_loss, sorsa_regularize_
+from . import nn
+
+try:
+    __version__ = _version("regops")
+except PackageNotFoundError:  # running from a source tree without an install
+    __version__ = "0.0.0+source"
+
+__all__ = ["orthonormal_penalty", "sorsa_ortho_loss", "sorsa_regularize_", "nn", "__version__"]

@@ -1,0 +1,83 @@
+"""python -m regops info | bench [--quick] [--op NAME]"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+
+def ops_table():
+    """Every public op and the kernels registry it dispatches through."""
+    from .ops.orthonormal import KERNELS as ORTHO
+    from .ops.sorsa import REG_KERNELS
+    return {"orthonormal_penalty": ORTHO, "sorsa_ortho_loss": ORTHO, "sorsa_regularize_": REG_KERNELS}
+
+
+def info() -> None:
+    import regops
+    from . import _loader
+
+    print(f"regops {regops.__version__}")
+    print(f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'}; GPU present: {torch.cuda.is_available()})")
+    C = _loader._C
+    if C is not None:
+        print(f"compiled ops: regops._C, built against torch {C.torch_version}; CUDA kernels: {C.with_cuda}"
+              + (f" (CUDA {C.cuda_version}, archs {C.cuda_archs})" if C.with_cuda else ""))
+        print(f"OpenMP: {C.with_openmp}, max threads {C.openmp_max_threads()}; torch threads {torch.get_num_threads()}")
+    elif _loader.LIBRARY_PATH:
+        print(f"compiled ops: {_loader.LIBRARY_PATH} ({torch.ops.regops._build_info()})")
+    else:
+        print(f"compiled ops: none ({_loader.LOAD_ERROR}); the reference runs everywhere")
+    if _loader.triton_available():
+        import triton
+        mode = "interpreted on the CPU (TRITON_INTERPRET=1)" if _loader.triton_interpreted() else "compiled for the GPU"
+        print(f"triton {triton.__version__}: {mode}")
+    else:
+        print("triton: not installed")
+    validated = sorted(_loader.gpu_validated())
+    print("GPU-validated kernels (auto picks these on CUDA): " + (", ".join(f"{o}:{i}" for o, i in validated) or "none"))
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    print()
+    header = f"{'op':<24}" + "".join(f"{d.type + ':' + i:>16}" for d in devices for i in _loader.IMPLS)
+    print(header)
+    for name, kernels in ops_table().items():
+        row = f"{name:<24}"
+        for d in devices:
+            for impl in _loader.IMPLS:
+                ok = _loader.impl_available(name, impl, d, kernels)[0]
+                row += f"{('yes' if ok else '-'):>16}"
+        print(row)
+
+
+def find_bench_dir() -> Path:
+    for cand in (Path.cwd() / "bench", Path(__file__).resolve().parents[2] / "bench"):
+        if (cand / "harness.py").exists():
+            return cand
+    sys.exit("regops bench: no bench/ folder found; run it from a regops source checkout")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m regops")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("info", help="versions, build facts and the op x impl table")
+    b = sub.add_parser("bench", help="every op against its reference and its peers")
+    b.add_argument("--quick", action="store_true", help="fewer sizes and repetitions")
+    b.add_argument("--op", action="append", help="only this op (repeatable)")
+    b.add_argument("--csv", default=None, help="CSV to append rows to (default bench/results/<machine>.csv)")
+    b.add_argument("--no-memory", action="store_true", help="skip the per-case peak-memory subprocesses")
+    args = parser.parse_args(argv)
+    if args.cmd == "info":
+        info()
+        return
+    bench_dir = find_bench_dir()
+    sys.path.insert(0, str(bench_dir))
+    import harness  # bench/harness.py
+
+    harness.main(quick=args.quick, ops=args.op, csv_path=args.csv, memory=not args.no_memory)
+
+
+if __name__ == "__main__":
+    main()

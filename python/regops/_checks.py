@@ -1,0 +1,63 @@
+"""One place that words every argument error, so all ops say the same things the same way."""
+from __future__ import annotations
+
+import os
+from typing import NoReturn
+
+import torch
+
+
+def fail(op: str, arg: str, expected: str, got: str, kind: type[Exception] = ValueError) -> NoReturn:
+    raise kind(f"regops.{op}: {arg}: expected {expected}, got {got}")
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def describe(t: torch.Tensor) -> str:
+    return f"shape {tuple(t.shape)}, dtype {dtype_name(t.dtype)}, device {t.device}"
+
+
+def check_tensor(op: str, arg: str, t, *, ndims=None, dtypes=None) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        fail(op, arg, "a torch.Tensor", type(t).__name__, TypeError)
+    if ndims is not None and t.dim() not in ndims:
+        want = " or ".join(f"{n}-D" for n in ndims)
+        fail(op, arg, f"a {want} tensor", f"{t.dim()}-D tensor of shape {tuple(t.shape)}")
+    if dtypes is not None and t.dtype not in dtypes:
+        names = ", ".join(dtype_name(d) for d in dtypes)
+        fail(op, arg, f"dtype in ({names})", dtype_name(t.dtype), TypeError)
+    return t
+
+
+def check_choice(op: str, arg: str, value, choices) -> None:
+    if value not in choices:
+        fail(op, arg, "one of " + ", ".join(repr(c) for c in choices), repr(value))
+
+
+def check_same(op: str, arg: str, tensors, first_arg: str | None = None) -> None:
+    """All tensors share one dtype and one device."""
+    if not tensors:
+        return
+    t0 = tensors[0]
+    for i, t in enumerate(tensors[1:], 1):
+        if t.device != t0.device:
+            fail(op, f"{arg}[{i}]", f"device {t0.device} (as {first_arg or arg + '[0]'})", f"device {t.device}", RuntimeError)
+        if t.dtype != t0.dtype:
+            fail(op, f"{arg}[{i}]", f"dtype {dtype_name(t0.dtype)} (as {first_arg or arg + '[0]'})", f"dtype {dtype_name(t.dtype)}", TypeError)
+
+
+def check_finite_enabled(device: torch.device) -> bool:
+    """Finiteness is always checked on the CPU; on CUDA only on request, since it costs a host sync."""
+    return device.type == "cpu" or os.environ.get("REGOPS_CHECK_FINITE", "0") == "1"
+
+
+def check_finite_eager(op: str, arg: str, t: torch.Tensor) -> None:
+    """For the reference path: a data-dependent check, skipped while torch.compile traces."""
+    if torch.compiler.is_compiling() or not check_finite_enabled(t.device):
+        return
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        idx = tuple(int(i) for i in bad.nonzero()[0])
+        fail(op, arg, "finite values", f"{t[idx].item()} at index {idx}")

@@ -1,0 +1,127 @@
+"""SORSA's orthonormal regularizer: the loss (official calc_ortho) and the in-place gradient step."""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+
+from .. import _checks
+from .._loader import has_compiled_ops, resolve_impl
+from ..reference import orthonormal as reference
+from .orthonormal import KERNELS as PENALTY_KERNELS
+from .orthonormal import orthonormal_penalty
+
+REG_OP = "sorsa_regularize_"
+REG_KERNELS = {"cpu": "orthonormal_grad_accumulate_", "cuda": "orthonormal_penalty_fwd",
+               "triton": "orthonormal_penalty_fwd_triton"}
+
+if has_compiled_ops():
+    @torch.library.register_fake("regops::orthonormal_grad_accumulate_")
+    def _fake_grad_accumulate(mats, grads, scale, squared):
+        return mats[0].new_empty((len(mats),), dtype=torch.float64)
+
+
+def _count(op: str, arg: str, mats) -> int:
+    if isinstance(mats, torch.Tensor):
+        _checks.check_tensor(op, arg, mats, ndims=(2, 3))
+        return 1 if mats.dim() == 2 else mats.shape[0]
+    if isinstance(mats, (list, tuple)):
+        return len(mats)
+    _checks.fail(op, arg, "a tensor or a list of 2-D tensors", type(mats).__name__, TypeError)
+
+
+def sorsa_ortho_loss(As, Bs, *, impl=None) -> torch.Tensor:
+    """(1/(2L)) Σ_l [‖A_l A_lᵀ − I‖_F + ‖B_lᵀ B_l − I‖_F], non-squared: the official calc_ortho.
+
+    As: the (r, in) factors, Bs: the (out, r) factors, each a list of 2-D tensors or a stacked 3-D tensor.
+    """
+    op = "sorsa_ortho_loss"
+    n_a, n_b = _count(op, "As", As), _count(op, "Bs", Bs)
+    if n_a != n_b:
+        _checks.fail(op, "Bs", f"{n_a} matrices (one per A)", f"{n_b}")
+    if n_a == 0:
+        _checks.fail(op, "As", "at least one matrix", "none")
+    total = orthonormal_penalty(As, side="rows", reduction="sum", impl=impl) + \
+        orthonormal_penalty(Bs, side="cols", reduction="sum", impl=impl)
+    return total / (2 * n_a)
+
+
+def _factor_pairs(model_or_params):
+    from ..nn.sorsa import SORSALinear
+
+    if isinstance(model_or_params, torch.nn.Module):
+        return [(m.A, m.B) for m in model_or_params.modules() if isinstance(m, SORSALinear)]
+    pairs = []
+    for i, item in enumerate(model_or_params):
+        if isinstance(item, SORSALinear):
+            pairs.append((item.A, item.B))
+        elif isinstance(item, (tuple, list)) and len(item) == 2:
+            pairs.append(tuple(item))
+        else:
+            _checks.fail(REG_OP, f"model_or_params[{i}]", "a SORSALinear or an (A, B) pair", type(item).__name__, TypeError)
+    return pairs
+
+
+@torch.no_grad()
+def sorsa_regularize_(model_or_params, gamma: float, lr: float, *, impl=None) -> torch.Tensor:
+    """Adds ∇((γ/lr)·calc_ortho) into the .grad of every SORSA A and B, as the official trainer does after
+    gradient clipping, with no autograd graph. Returns calc_ortho's value (detached) for logging.
+
+    model_or_params: a module (every SORSALinear inside), or a list of SORSALinear modules or (A, B) pairs.
+    """
+    for name, v in (("gamma", gamma), ("lr", lr)):
+        if not isinstance(v, (int, float)) or not math.isfinite(v):
+            _checks.fail(REG_OP, name, "a finite number", repr(v), TypeError if not isinstance(v, (int, float)) else ValueError)
+    if lr <= 0:
+        _checks.fail(REG_OP, "lr", "a positive learning rate", repr(lr))
+    pairs = _factor_pairs(model_or_params)
+    if not pairs:
+        _checks.fail(REG_OP, "model_or_params", "at least one SORSA layer or (A, B) pair", "none")
+    mats, grads = [], []
+    for l, (a, b) in enumerate(pairs):
+        for arg, t in ((f"A[{l}]", a), (f"B[{l}]", b)):
+            _checks.check_tensor(REG_OP, arg, t, ndims=(2,), dtypes=(torch.float32, torch.float64, torch.bfloat16))
+            if t.grad is None:
+                t.grad = torch.zeros_like(t)
+        mats += [a, b.t()]           # the canonical "rows" form: A Aᵀ and (Bᵀ)(Bᵀ)ᵀ = Bᵀ B
+        grads += [a.grad, b.grad.t()]
+    _checks.check_same(REG_OP, "params", mats)
+    scale = float(gamma) / (float(lr) * 2 * len(pairs))
+    chosen = resolve_impl(REG_OP, impl, mats[0].device, REG_KERNELS)
+    if chosen == "cpu":
+        values = torch.ops.regops.orthonormal_grad_accumulate_(mats, grads, scale, False)
+        return values.sum().to(mats[0].dtype) / (2 * len(pairs))
+    # Other impls: one batched call per group of equal shapes; every update is computed before any is applied.
+    groups = defaultdict(list)
+    for i, m in enumerate(mats):
+        groups[tuple(m.shape)].append(i)
+    updates, total = [], 0.0
+    for idx in groups.values():
+        x = torch.stack([mats[i] for i in idx])
+        g = torch.full((len(idx),), scale, dtype=x.dtype, device=x.device)
+        if chosen == "reference":
+            sumsq, grad = reference.orthonormal_penalty_grad_rows(x, False, g)
+            values = sumsq.sqrt()
+        else:
+            fwd = torch.ops.regops.orthonormal_penalty_fwd_triton if chosen == "triton" else torch.ops.regops.orthonormal_penalty_fwd
+            bwd = torch.ops.regops.orthonormal_penalty_bwd_triton if chosen == "triton" else torch.ops.regops.orthonormal_penalty_bwd
+            try:
+                values, residual = fwd(x, False)
+            except ValueError:  # the kernel's own finiteness check: re-word it for this op, below
+                finite = torch.isfinite(x).flatten(1).all(1)
+                values, residual = torch.where(finite, 0.0, float("nan")), None
+            if residual is not None:
+                grad = bwd(g, x, residual, False)
+        bad = ~torch.isfinite(values)
+        if _checks.check_finite_enabled(x.device) and bool(bad.any()):
+            i = idx[int(bad.nonzero()[0])]
+            _checks.fail(REG_OP, f"mats[{i}]", "finite values", "a non-finite penalty (NaN/Inf input or overflow); no gradient was changed")
+        total = total + values.sum()
+        updates.append((idx, grad))
+    for idx, grad in updates:
+        torch._foreach_add_([grads[i] for i in idx], list(grad.unbind(0)))
+    return (total / (2 * len(pairs))).to(mats[0].dtype)
+
+
+__all__ = ["sorsa_ortho_loss", "sorsa_regularize_", "PENALTY_KERNELS"]

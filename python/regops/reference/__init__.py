@@ -1,0 +1,1 @@
+"""Pure-PyTorch references: the oracle that every kernel is tested against, and the fallback."""

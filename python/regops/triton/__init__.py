@@ -1,0 +1,1 @@
+"""Triton kernels, registered as torch.library custom ops."""
