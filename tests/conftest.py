@@ -34,3 +34,38 @@ def _seed():
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+# ---- GPU validation record (scripts/gpu_check.sh) ----
+# A CUDA test marked @pytest.mark.gpu_validates("op", ...) and parametrized by `impl` vouches for those
+# (op, impl) pairs. With REGOPS_GPU_VALIDATED_OUT set, the pairs whose every such test passed (and none
+# failed or was skipped) are written there; impl=auto on CUDA picks only those.
+_gpu_results = {}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu_validates(*ops): the (op, impl) pairs a CUDA test vouches for")
+
+
+def pytest_runtest_makereport(item, call):
+    marker = item.get_closest_marker("gpu_validates")
+    callspec = getattr(item, "callspec", None)
+    if marker is None or callspec is None or "impl" not in callspec.params:
+        return
+    if call.when == "call" or (call.when == "setup" and call.excinfo is not None):
+        ok = call.excinfo is None
+        for op in marker.args:
+            key = (op, callspec.params["impl"])
+            _gpu_results[key] = _gpu_results.get(key, True) and ok
+
+
+def pytest_sessionfinish(session, exitstatus):
+    out = os.environ.get("REGOPS_GPU_VALIDATED_OUT")
+    if not out:
+        return
+    lines = ["# op impl pairs that passed their tests on a real GPU; written by scripts/gpu_check.sh.",
+             "# On CUDA tensors, impl=auto picks a CUDA or Triton kernel only when it is listed here.",
+             f"# device: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}, torch {torch.__version__}"]
+    lines += [f"{op} {impl}" for (op, impl), ok in sorted(_gpu_results.items()) if ok]
+    with open(out, "w") as f:
+        f.write("\n".join(lines) + "\n")

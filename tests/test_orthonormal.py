@@ -349,6 +349,7 @@ def test_triton_kernels_compile_to_sm90_cubin():
 
 @requires_cuda
 @pytest.mark.cuda
+@pytest.mark.gpu_validates("orthonormal_penalty", "sorsa_ortho_loss", "sorsa_regularize_")
 @pytest.mark.parametrize("impl", ["cuda", "triton"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("side", ["rows", "cols"])
