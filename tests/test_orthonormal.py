@@ -380,3 +380,13 @@ def test_info_cli():
     out = subprocess.run([sys.executable, "-m", "regops", "info"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "orthonormal_penalty" in out.stdout and "torch" in out.stdout
+
+
+@pytest.mark.skipif("cpu" not in IMPLS, reason="no compiled CPU kernel")
+def test_portable_cpu_loops_without_simd():
+    """The AVX2 loops are picked at run time; REGOPS_CPU_NO_SIMD=1 runs the portable loops instead."""
+    env = dict(os.environ, REGOPS_CPU_NO_SIMD="1")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                          "(test_matches_reference and cpu and not shape5) or test_fuzz_cpu_kernel or test_list_form"],
+                         env=env, capture_output=True, text=True, timeout=600, cwd=os.path.dirname(__file__))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]

@@ -9,10 +9,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "regops/checks.h"
 #include "regops/orthonormal_math.h"
+#include "simd_x86.h"
 
 namespace regops {
 namespace {
@@ -47,6 +49,18 @@ acc_t finish_residual(acc_t* R, int64_t p) {
 template <typename scalar_t, typename acc_t>
 void gram_lower_loops(const Mat<const scalar_t>& x, acc_t* R) {
   const int64_t p = x.p, q = x.q;
+#ifdef REGOPS_HAVE_X86_SIMD
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (x.sq == 1 && simd::has_avx2_fma()) {
+      simd::gram_lower_rows<scalar_t>(x.data, p, q, x.sp, R);
+      return;
+    }
+    if (x.sp == 1 && simd::has_avx2_fma()) {
+      simd::gram_lower_cols<scalar_t>(x.data, p, q, x.sq, R);
+      return;
+    }
+  }
+#endif
   std::fill(R, R + p * p, acc_t(0));
   if (x.sq == 1) {  // rows contiguous: dot products of rows
     for (int64_t i = 0; i < p; ++i) {
@@ -135,6 +149,18 @@ void residual_times(const Mat<const scalar_t>& x, const acc_t* R, acc_t coef, co
     }
     return;
   }
+#ifdef REGOPS_HAVE_X86_SIMD
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (x.sq == 1 && out.sq == 1 && simd::has_avx2_fma()) {
+      simd::residual_times_rows<scalar_t>(x.data, p, q, x.sp, R, coef, out.data, out.sp, accumulate);
+      return;
+    }
+    if (x.sp == 1 && out.sp == 1 && simd::has_avx2_fma()) {
+      simd::residual_times_cols<scalar_t>(x.data, p, q, x.sq, R, coef, out.data, out.sq, accumulate);
+      return;
+    }
+  }
+#endif
   auto store = [&](scalar_t* o, acc_t v) {
     *o = static_cast<scalar_t>(accumulate ? static_cast<acc_t>(*o) + v : v);
   };

@@ -1,0 +1,221 @@
+// AVX2+FMA inner loops for the CPU kernels, chosen at run time (the build stays portable: no -mavx2).
+// Only our own code sits under the target attribute; no library inline function is compiled for AVX2.
+#pragma once
+#include <cstdint>
+#include <cstdlib>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define REGOPS_HAVE_X86_SIMD 1
+#include <immintrin.h>
+#define REGOPS_AVX2 __attribute__((target("avx2,fma")))
+
+namespace regops {
+namespace simd {
+
+inline bool has_avx2_fma() {
+  // REGOPS_CPU_NO_SIMD=1 forces the portable loops (the tests check both).
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                         std::getenv("REGOPS_CPU_NO_SIMD") == nullptr;
+  return ok;
+}
+
+template <typename T>
+struct Vec;
+
+template <>
+struct Vec<float> {
+  using V = __m256;
+  static constexpr int W = 8;
+  REGOPS_AVX2 static V zero() { return _mm256_setzero_ps(); }
+  REGOPS_AVX2 static V load(const float* p) { return _mm256_loadu_ps(p); }
+  REGOPS_AVX2 static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  REGOPS_AVX2 static V set1(float v) { return _mm256_set1_ps(v); }
+  REGOPS_AVX2 static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  REGOPS_AVX2 static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  REGOPS_AVX2 static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  REGOPS_AVX2 static float sum(V v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+};
+
+template <>
+struct Vec<double> {
+  using V = __m256d;
+  static constexpr int W = 4;
+  REGOPS_AVX2 static V zero() { return _mm256_setzero_pd(); }
+  REGOPS_AVX2 static V load(const double* p) { return _mm256_loadu_pd(p); }
+  REGOPS_AVX2 static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
+  REGOPS_AVX2 static V set1(double v) { return _mm256_set1_pd(v); }
+  REGOPS_AVX2 static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  REGOPS_AVX2 static V mul(V a, V b) { return _mm256_mul_pd(a, b); }
+  REGOPS_AVX2 static V add(V a, V b) { return _mm256_add_pd(a, b); }
+  REGOPS_AVX2 static double sum(V v) {
+    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+  }
+};
+
+// Lower triangle of G = X Xᵀ for X (p×q) with contiguous rows (row stride sp): four dot products at a
+// time share each load of row i.
+template <typename T>
+REGOPS_AVX2 void gram_lower_rows(const T* x, int64_t p, int64_t q, int64_t sp, T* R) {
+  using S = Vec<T>;
+  constexpr int W = S::W;
+  const int64_t qv = q - q % W;
+  for (int64_t i = 0; i < p; ++i) {
+    const T* xi = x + i * sp;
+    int64_t j = 0;
+    for (; j + 3 <= i; j += 4) {
+      const T *x0 = x + j * sp, *x1 = x0 + sp, *x2 = x1 + sp, *x3 = x2 + sp;
+      auto a0 = S::zero(), a1 = S::zero(), a2 = S::zero(), a3 = S::zero();
+      for (int64_t k = 0; k < qv; k += W) {
+        const auto v = S::load(xi + k);
+        a0 = S::fma(v, S::load(x0 + k), a0);
+        a1 = S::fma(v, S::load(x1 + k), a1);
+        a2 = S::fma(v, S::load(x2 + k), a2);
+        a3 = S::fma(v, S::load(x3 + k), a3);
+      }
+      T s0 = S::sum(a0), s1 = S::sum(a1), s2 = S::sum(a2), s3 = S::sum(a3);
+      for (int64_t k = qv; k < q; ++k) {
+        s0 += xi[k] * x0[k];
+        s1 += xi[k] * x1[k];
+        s2 += xi[k] * x2[k];
+        s3 += xi[k] * x3[k];
+      }
+      R[i * p + j] = s0;
+      R[i * p + j + 1] = s1;
+      R[i * p + j + 2] = s2;
+      R[i * p + j + 3] = s3;
+    }
+    for (; j <= i; ++j) {
+      const T* xj = x + j * sp;
+      auto a = S::zero();
+      for (int64_t k = 0; k < qv; k += W) a = S::fma(S::load(xi + k), S::load(xj + k), a);
+      T s = S::sum(a);
+      for (int64_t k = qv; k < q; ++k) s += xi[k] * xj[k];
+      R[i * p + j] = s;
+    }
+  }
+}
+
+// out[i, :] (+)= coef · Σ_j R[i, j] X[j, :] for contiguous rows: 4W outputs per register block, so each
+// loaded element of X feeds one FMA and the block is stored once.
+template <typename T>
+REGOPS_AVX2 void residual_times_rows(const T* x, int64_t p, int64_t q, int64_t sp, const T* R, T coef, T* out,
+                                     int64_t osp, bool accumulate) {
+  using S = Vec<T>;
+  constexpr int W = S::W;
+  const auto c = S::set1(coef);
+  for (int64_t i = 0; i < p; ++i) {
+    const T* Ri = R + i * p;
+    T* oi = out + i * osp;
+    int64_t k = 0;
+    for (; k + 4 * W <= q; k += 4 * W) {
+      auto a0 = S::zero(), a1 = S::zero(), a2 = S::zero(), a3 = S::zero();
+      for (int64_t j = 0; j < p; ++j) {
+        const auto r = S::set1(Ri[j]);
+        const T* xj = x + j * sp + k;
+        a0 = S::fma(r, S::load(xj), a0);
+        a1 = S::fma(r, S::load(xj + W), a1);
+        a2 = S::fma(r, S::load(xj + 2 * W), a2);
+        a3 = S::fma(r, S::load(xj + 3 * W), a3);
+      }
+      a0 = S::mul(a0, c), a1 = S::mul(a1, c), a2 = S::mul(a2, c), a3 = S::mul(a3, c);
+      if (accumulate) {
+        a0 = S::add(a0, S::load(oi + k)), a1 = S::add(a1, S::load(oi + k + W));
+        a2 = S::add(a2, S::load(oi + k + 2 * W)), a3 = S::add(a3, S::load(oi + k + 3 * W));
+      }
+      S::store(oi + k, a0), S::store(oi + k + W, a1), S::store(oi + k + 2 * W, a2), S::store(oi + k + 3 * W, a3);
+    }
+    for (; k + W <= q; k += W) {
+      auto a = S::zero();
+      for (int64_t j = 0; j < p; ++j) a = S::fma(S::set1(Ri[j]), S::load(x + j * sp + k), a);
+      a = S::mul(a, c);
+      if (accumulate) a = S::add(a, S::load(oi + k));
+      S::store(oi + k, a);
+    }
+    for (; k < q; ++k) {
+      T s = 0;
+      for (int64_t j = 0; j < p; ++j) s += Ri[j] * x[j * sp + k];
+      oi[k] = accumulate ? oi[k] + coef * s : coef * s;
+    }
+  }
+}
+
+
+// Lower triangle of G = X Xᵀ for X (p×q) with contiguous columns (X[i, k] = x[i + k·sq]): rank-1
+// updates, four rows of G at a time against one vector of columns. Entries above the diagonal that a
+// vector chunk also covers are written too; callers read only the lower triangle.
+template <typename T>
+REGOPS_AVX2 void gram_lower_cols(const T* x, int64_t p, int64_t q, int64_t sq, T* R) {
+  using S = Vec<T>;
+  constexpr int W = S::W;
+  const int64_t pv = p - p % W;
+  for (int64_t i0 = 0; i0 < p; i0 += 4) {
+    const int64_t ni = p - i0 < 4 ? p - i0 : 4;
+    const int64_t i1 = i0 + (ni > 1 ? 1 : 0), i2 = i0 + (ni > 2 ? 2 : 0), i3 = i0 + (ni > 3 ? 3 : 0);
+    for (int64_t j0 = 0; j0 < pv && j0 < i0 + ni; j0 += W) {
+      auto a0 = S::zero(), a1 = S::zero(), a2 = S::zero(), a3 = S::zero();
+      for (int64_t k = 0; k < q; ++k) {
+        const T* xk = x + k * sq;
+        const auto v = S::load(xk + j0);
+        a0 = S::fma(S::set1(xk[i0]), v, a0);
+        a1 = S::fma(S::set1(xk[i1]), v, a1);
+        a2 = S::fma(S::set1(xk[i2]), v, a2);
+        a3 = S::fma(S::set1(xk[i3]), v, a3);
+      }
+      // rows beyond p were computed on a duplicate row and are dropped
+      S::store(R + i0 * p + j0, a0);
+      if (ni > 1) S::store(R + i1 * p + j0, a1);
+      if (ni > 2) S::store(R + i2 * p + j0, a2);
+      if (ni > 3) S::store(R + i3 * p + j0, a3);
+    }
+    for (int64_t m = 0; m < ni; ++m) {
+      const int64_t i = i0 + m;
+      for (int64_t j = pv; j <= i; ++j) {
+        T s = 0;
+        for (int64_t k = 0; k < q; ++k) s += x[i + k * sq] * x[j + k * sq];
+        R[i * p + j] = s;
+      }
+    }
+  }
+}
+
+// out[:, k] (+)= coef · R X[:, k] for contiguous columns (X[i, k] = x[i + k·sq], R symmetric p×p).
+template <typename T>
+REGOPS_AVX2 void residual_times_cols(const T* x, int64_t p, int64_t q, int64_t sq, const T* R, T coef, T* out,
+                                     int64_t osq, bool accumulate) {
+  using S = Vec<T>;
+  constexpr int W = S::W;
+  const int64_t pv = p - p % W;
+  const auto c = S::set1(coef);
+  for (int64_t k = 0; k < q; ++k) {
+    const T* xk = x + k * sq;
+    T* ok = out + k * osq;
+    for (int64_t i0 = 0; i0 < pv; i0 += W) {
+      auto a = S::zero();
+      for (int64_t j = 0; j < p; ++j) a = S::fma(S::set1(xk[j]), S::load(R + j * p + i0), a);
+      a = S::mul(a, c);
+      if (accumulate) a = S::add(a, S::load(ok + i0));
+      S::store(ok + i0, a);
+    }
+    for (int64_t i = pv; i < p; ++i) {
+      T s = 0;
+      for (int64_t j = 0; j < p; ++j) s += R[j * p + i] * xk[j];
+      ok[i] = accumulate ? ok[i] + coef * s : coef * s;
+    }
+  }
+}
+
+}  // namespace simd
+}  // namespace regops
+#else
+namespace regops {
+namespace simd {
+inline bool has_avx2_fma() { return false; }
+}  // namespace simd
+}  // namespace regops
+#endif
