@@ -33,7 +33,7 @@ import torch
 
 BENCH_DIR = Path(__file__).resolve().parent
 MEMORY_LIMIT_BYTES = 12 * 2**30   # cases predicted to need more are skipped, not run
-CPU_THREADS = 2
+CPU_THREADS = int(os.environ.get("REGOPS_BENCH_THREADS", "2"))
 MIB = 2**20
 
 
@@ -63,6 +63,7 @@ class Result:
     status: str = "ok"              # ok | skipped: ... | error: ...
     times_ms: list = field(default_factory=list)
     first_ms: float = math.nan      # the first call, compilation included
+    load: float = math.nan          # 1-minute load average when its group started (CPU noise)
     peak_mib: float = math.nan
     speedup: float = math.nan
 
@@ -138,39 +139,76 @@ def _one_rep(case: Case, state, time_ms) -> float:
     return time_ms(lambda: case.fn(state))
 
 
-def time_case(case: Case, device: torch.device, quick: bool) -> Result:
-    """First call (timed apart), warm-up to a small budget, then repetitions sized to a time budget."""
-    res = Result(case)
+def _error(exc: Exception) -> str:
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"error: {type(exc).__name__}: {first}"[:200]
+
+
+def _skip_reason(case: Case) -> Optional[str]:
     if case.skip:
-        res.status = f"skipped: {case.skip}"
-        return res
+        return case.skip
     if case.predicted_bytes > MEMORY_LIMIT_BYTES:
-        res.status = f"skipped: predicted {case.predicted_bytes / 2**30:.1f} GiB > {MEMORY_LIMIT_BYTES / 2**30:.0f} GiB"
-        return res
+        return f"predicted {case.predicted_bytes / 2**30:.1f} GiB > {MEMORY_LIMIT_BYTES / 2**30:.0f} GiB"
+    return None
+
+
+def time_group(cases: list[Case], device: torch.device, quick: bool) -> list[Result]:
+    """Times the providers of one (op, size) together: each gets its first call (timed apart: it holds any
+    compilation) and a short warm-up, then the repetitions go round-robin over the providers, so a burst
+    of load on a shared machine lands on all of them rather than on whichever ran at that moment."""
     min_reps, max_reps, budget_ms, warm_ms = (5, 20, 400, 100) if quick else (10, 200, 3000, 500)
     time_ms = _timer(device)
-    state = None
-    try:
-        state = case.setup()
-        res.first_ms = _one_rep(case, state, time_ms)
-        warm, spent = [], 0.0
-        while spent < warm_ms and len(warm) < 5:  # the first call may be compilation: not an estimate
-            warm.append(_one_rep(case, state, time_ms))
-            spent += warm[-1]
-        reps = max(min_reps, min(max_reps, int(budget_ms / max(min(warm), 1e-3))))
-        gc.collect()
-        gc.disable()  # a collection inside a repetition is noise, not the op's cost
+    load = load_average()
+    results = [Result(c, load=load) for c in cases]
+    live = []  # [result, state, repetitions wanted]
+    for r in results:
+        why = _skip_reason(r.case)
+        if why:
+            r.status = f"skipped: {why}"
+            continue
         try:
-            res.times_ms = [_one_rep(case, state, time_ms) for _ in range(reps)]
-        finally:
-            gc.enable()
-    except Exception as exc:  # one failing provider must not end the run
-        res.status = f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
-    del state
+            state = r.case.setup()
+            r.first_ms = _one_rep(r.case, state, time_ms)
+            warm, spent = [], 0.0
+            while spent < warm_ms and len(warm) < 5:  # the first call may be compilation: not an estimate
+                warm.append(_one_rep(r.case, state, time_ms))
+                spent += warm[-1]
+            live.append([r, state, max(min_reps, min(max_reps, int(budget_ms / max(min(warm), 1e-3))))])
+        except Exception as exc:  # one failing provider must not end the run
+            r.status = _error(exc)
+    gc.collect()
+    gc.disable()  # a collection inside a repetition is noise, not the op's cost
+    try:
+        while live:
+            for entry in list(live):
+                r, state, wanted = entry
+                try:
+                    r.times_ms.append(_one_rep(r.case, state, time_ms))
+                except Exception as exc:
+                    r.status, r.times_ms = _error(exc), []
+                if r.status != "ok" or len(r.times_ms) >= wanted:
+                    live.remove(entry)
+    finally:
+        gc.enable()
+    del live
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return res
+    return results
+
+
+def groups(cases: list[Case], mem_budget: float) -> list[list[Case]]:
+    """Consecutive cases of one (op, size), split where their inputs would not fit in memory together."""
+    out, used = [], 0.0
+    for c in cases:
+        same = out and (out[-1][0].op, out[-1][0].size) == (c.op, c.size)
+        if same and used + c.predicted_bytes <= mem_budget:
+            out[-1].append(c)
+            used += c.predicted_bytes
+        else:
+            out.append([c])
+            used = c.predicted_bytes
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- memory
@@ -259,15 +297,38 @@ def measure_memory(results: list[Result], device: torch.device, quick: bool) -> 
             gc.collect()
             torch.cuda.empty_cache()
         return
-    print(f"peak memory: {len(todo)} subprocesses ...", flush=True)
-    # Two at a time: this only waits on imports and setup; the timings are already taken.
-    mem_total = _proc_meminfo_bytes("MemTotal")
-    workers = 2 if all(r.case.predicted_bytes < mem_total / 4 for r in todo) else 1
+    # In parallel only where the CPUs allow it without oversubscription (threads that lose their core turn
+    # a call many times slower) and where the memory allows it.
+    workers = max(1, (os.cpu_count() or 1) // torch.get_num_threads())
+    if any(r.case.predicted_bytes * workers > _proc_meminfo_bytes("MemAvailable") / 2 for r in todo):
+        workers = 1
+    print(f"peak memory: {len(todo)} subprocesses, {workers} at a time ...", flush=True)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for r, (peak, err) in zip(todo, pool.map(lambda r: memory_subprocess(r.case, quick), todo)):
             r.peak_mib = peak
             if err:
                 r.case.note = (r.case.note + "; " + err).lstrip("; ")
+
+
+def _memory_available(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return _proc_meminfo_bytes("MemAvailable")
+
+
+def load_average() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
+
+
+def _warn_if_shared(device: torch.device, own_load: float) -> None:
+    """Other processes on the CPUs wreck multi-threaded timings (a thread that loses its core stalls every
+    parallel region, often for a whole scheduler slice); say so, since the numbers alone do not show it."""
+    others = load_average() - own_load
+    free = (os.cpu_count() or 1) - torch.get_num_threads()
+    if device.type == "cpu" and others > free + 0.5:
+        print(f"warning: load average {load_average():.1f} on {os.cpu_count()} CPUs: other processes share them, "
+              f"so timings with {torch.get_num_threads()} threads are unreliable (REGOPS_BENCH_THREADS=1 is "
+              "steadier)", flush=True)
 
 
 def _proc_meminfo_bytes(key: str) -> float:
@@ -343,9 +404,13 @@ def print_table(results: list[Result]) -> None:
         print(f"note {op} {provider} ({', '.join(sizes)}): {note}")
 
 
-CSV_FIELDS = ("timestamp", "machine", "device", "torch", "regops", "quick", "op", "size", "provider", "mode",
-              "status", "median_ms", "p20_ms", "p80_ms", "reps", "first_call_ms", "peak_mib", "baseline",
-              "speedup", "note")
+CSV_FIELDS = ("timestamp", "machine", "device", "threads", "torch", "regops", "quick", "load1", "op", "size",
+              "provider", "mode", "status", "median_ms", "p20_ms", "p80_ms", "reps", "first_call_ms", "peak_mib",
+              "baseline", "speedup", "note")
+
+
+def _num(x: float, digits: int = 4):
+    return "" if math.isnan(x) else round(x, digits)
 
 
 def write_csv(results: list[Result], path: Path, device: torch.device, quick: bool) -> Path:
@@ -359,20 +424,19 @@ def write_csv(results: list[Result], path: Path, device: torch.device, quick: bo
             path = path.with_name(f"{path.stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}{path.suffix}")
     new = not path.exists()
     stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    common = dict(timestamp=stamp, machine=machine_description(device), device=str(device), torch=torch.__version__,
-                  regops=regops.__version__, quick=int(quick))
+    common = dict(timestamp=stamp, machine=machine_description(device), device=str(device),
+                  threads=torch.get_num_threads(), torch=torch.__version__, regops=regops.__version__, quick=int(quick))
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         if new:
             w.writeheader()
         for r in results:
             c = r.case
-            num = lambda x, d=4: "" if math.isnan(x) else round(x, d)  # noqa: E731
-            w.writerow(dict(common, op=c.op, size=c.size, provider=c.provider, mode=c.mode, status=r.status,
-                            median_ms=num(r.median), p20_ms=num(percentile(r.times_ms, 20)),
-                            p80_ms=num(percentile(r.times_ms, 80)), reps=len(r.times_ms),
-                            first_call_ms=num(r.first_ms), peak_mib=num(r.peak_mib, 1), baseline=c.baseline or "",
-                            speedup=num(r.speedup, 3), note=c.note))
+            w.writerow(dict(common, load1=_num(r.load, 2), op=c.op, size=c.size, provider=c.provider, mode=c.mode,
+                            status=r.status, median_ms=_num(r.median), p20_ms=_num(percentile(r.times_ms, 20)),
+                            p80_ms=_num(percentile(r.times_ms, 80)), reps=len(r.times_ms),
+                            first_call_ms=_num(r.first_ms), peak_mib=_num(r.peak_mib, 1),
+                            baseline=c.baseline or "", speedup=_num(r.speedup, 3), note=c.note))
     return path
 
 
@@ -387,18 +451,22 @@ def main(quick: bool = False, ops=None, csv_path: Optional[str] = None, memory: 
         sys.exit(f"regops bench: no cases for --op {ops}; known ops: {', '.join(known)}")
     print(f"regops bench on {machine_description(device)} ({device}, {torch.get_num_threads()} threads), "
           f"torch {torch.__version__}, {'quick' if quick else 'full'}: {len(cases)} cases", flush=True)
+    _warn_if_shared(device, own_load=1.0)  # the 1-minute average still holds this process's start-up
     results = []
     t0 = time.perf_counter()
-    for i, case in enumerate(cases, 1):
-        r = time_case(case, device, quick)
-        results.append(r)
-        summary = f"{_fmt(r.median)} ms ({len(r.times_ms)} reps, 1st call {_fmt(r.first_ms, 1)} ms)" \
-            if r.status == "ok" else r.status
-        print(f"  [{i}/{len(cases)}] {case.op} {case.size} {case.provider}: {summary}", flush=True)
+    mem_budget = min(MEMORY_LIMIT_BYTES, _memory_available(device) / 2)
+    for group in groups(cases, mem_budget):
+        for r in time_group(group, device, quick):
+            results.append(r)
+            summary = f"{_fmt(r.median)} ms ({len(r.times_ms)} reps, 1st call {_fmt(r.first_ms, 1)} ms)" \
+                if r.status == "ok" else r.status
+            print(f"  [{len(results)}/{len(cases)}] {r.case.op} {r.case.size} {r.case.provider}: {summary}", flush=True)
+    t_timing = time.perf_counter() - t0
     if memory:
         measure_memory(results, device, quick)
     add_speedups(results)
-    print(f"\ndone in {time.perf_counter() - t0:.0f} s\n")
+    print(f"\ndone in {time.perf_counter() - t0:.0f} s (timing {t_timing:.0f} s)\n")
+    _warn_if_shared(device, own_load=torch.get_num_threads())
     print_table(results)
     default = BENCH_DIR / "results" / f"{'cuda' if device.type == 'cuda' else 'cpu'}.csv"
     written = write_csv(results, Path(csv_path) if csv_path else default, device, quick)

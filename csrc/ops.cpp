@@ -8,19 +8,13 @@
 
 #include <string>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include <ATen/Parallel.h>
 
 namespace regops {
 
 std::string build_info() {
-  std::string s = "openmp=";
-#ifdef _OPENMP
-  s += std::to_string(omp_get_max_threads());
-#else
-  s += "0";
-#endif
+  // CPU kernels run on torch's intra-op pool (OpenMP in torch's builds).
+  std::string s = "threads=" + std::to_string(at::get_num_threads());
 #ifdef REGOPS_WITH_CUDA
   s += ";cuda=1";
 #else

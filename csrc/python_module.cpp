@@ -6,9 +6,7 @@
 #include "regops/build_config.h"
 #endif
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include <ATen/Parallel.h>
 
 #ifndef REGOPS_VERSION
 #define REGOPS_VERSION "0.0.0"
@@ -32,11 +30,7 @@ PYBIND11_MODULE(_C, m) {
 #else
   m.attr("cuda_archs") = "";
 #endif
-#ifdef _OPENMP
-  m.attr("with_openmp") = true;
-  m.def("openmp_max_threads", []() { return omp_get_max_threads(); });
-#else
-  m.attr("with_openmp") = false;
-  m.def("openmp_max_threads", []() { return 1; });
-#endif
+  // The CPU kernels run on torch's intra-op pool (at::parallel_for), OpenMP in torch's builds.
+  m.def("parallel_info", []() { return at::get_parallel_info(); });
+  m.def("intra_op_threads", []() { return at::get_num_threads(); });
 }

@@ -1,5 +1,5 @@
 // CPU kernels of the orthonormality penalty ‖X Xᵀ − I‖_F on canonical "rows" matrices X (p×q, any strides).
-// Small matrices: one thread per matrix (OpenMP over the batch), hand-written loops that follow the
+// Small matrices: one thread per matrix (torch's OpenMP pool over the batch), hand-written loops that follow the
 // contiguous stride. Large matrices: the Gram is a syrk-like recursive half product through ATen's BLAS
 // (about 5/8 of a full GEMM), and the backward is one GEMM, R·X, since R is symmetric.
 #include <ATen/ATen.h>
@@ -215,15 +215,18 @@ void raise_non_finite(int64_t index, const char* arg) {
 }
 
 // Parallel over matrices for the loop path; BLAS threads itself, so its matrices run one after another.
+// at::parallel_for is torch's OpenMP pool: a second OpenMP runtime of our own would spin against torch's
+// threads (measured: 2x slower on 2 cores).
 template <typename F>
 void for_each_matrix(int64_t n, bool blas, int64_t work_per_matrix, const F& f) {
   if (blas) {
     for (int64_t l = 0; l < n; ++l) f(l);
     return;
   }
-  const bool parallel = n > 1 && n * work_per_matrix > (1 << 14);
-#pragma omp parallel for schedule(dynamic, 1) if (parallel) num_threads(at::get_num_threads())
-  for (int64_t l = 0; l < n; ++l) f(l);
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, work_per_matrix));
+  at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t l = begin; l < end; ++l) f(l);
+  });
 }
 
 void check_mats(const at::Tensor& mats) {
@@ -309,11 +312,11 @@ at::Tensor orthonormal_grad_accumulate_cpu(at::TensorList mats, at::TensorList g
     residuals[i] = at::empty({mats[i].size(0), mats[i].size(0)}, mats[i].options().dtype(acc_type(mats[i].scalar_type())));
   std::vector<int64_t> small, large;
   for (int64_t i = 0; i < n; ++i) (use_blas(mats[i].size(0), mats[i].size(1)) ? large : small).push_back(i);
-  // Small matrices run in parallel, one per thread; BLAS threads itself, so large ones run in turn.
+  // Small matrices run in parallel, one per task; BLAS threads itself, so large ones run in turn.
   auto for_each = [&](const auto& f) {
-    const int64_t ns = static_cast<int64_t>(small.size());
-#pragma omp parallel for schedule(dynamic, 1) if (ns > 1) num_threads(at::get_num_threads())
-    for (int64_t s = 0; s < ns; ++s) f(small[s]);
+    at::parallel_for(0, static_cast<int64_t>(small.size()), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t s = begin; s < end; ++s) f(small[s]);
+    });
     for (int64_t i : large) f(i);
   };
   // Pass 1: Gram, residual and norm of every matrix; nothing is written to grads yet.

@@ -1,6 +1,7 @@
 // AVX2+FMA inner loops for the CPU kernels, chosen at run time (the build stays portable: no -mavx2).
 // Only our own code sits under the target attribute; no library inline function is compiled for AVX2.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 
@@ -58,93 +59,114 @@ struct Vec<double> {
   }
 };
 
-// Lower triangle of G = X Xᵀ for X (p×q) with contiguous rows (row stride sp): four dot products at a
-// time share each load of row i.
+// R[i, j] += Σ_{k0 ≤ k < k1} X[i, k] X[j, k] (vector part up to kv).
+template <typename T>
+REGOPS_AVX2 void dot_accumulate(const T* x, int64_t p, int64_t sp, int64_t k0, int64_t kv, int64_t k1, int64_t i,
+                                int64_t j, T* R) {
+  using S = Vec<T>;
+  const T *xi = x + i * sp, *xj = x + j * sp;
+  auto a = S::zero();
+  for (int64_t k = k0; k < kv; k += S::W) a = S::fma(S::load(xi + k), S::load(xj + k), a);
+  T s = S::sum(a);
+  for (int64_t k = kv; k < k1; ++k) s += xi[k] * xj[k];
+  R[i * p + j] += s;
+}
+
+// Lower triangle of G = X Xᵀ for X (p×q) with contiguous rows (row stride sp). The k axis is cut into
+// chunks that keep every row's slice in L1; within a chunk, four dot products share each load of row i.
 template <typename T>
 REGOPS_AVX2 void gram_lower_rows(const T* x, int64_t p, int64_t q, int64_t sp, T* R) {
   using S = Vec<T>;
   constexpr int W = S::W;
-  const int64_t qv = q - q % W;
-  for (int64_t i = 0; i < p; ++i) {
-    const T* xi = x + i * sp;
-    int64_t j = 0;
-    for (; j + 3 <= i; j += 4) {
-      const T *x0 = x + j * sp, *x1 = x0 + sp, *x2 = x1 + sp, *x3 = x2 + sp;
-      auto a0 = S::zero(), a1 = S::zero(), a2 = S::zero(), a3 = S::zero();
-      for (int64_t k = 0; k < qv; k += W) {
-        const auto v = S::load(xi + k);
-        a0 = S::fma(v, S::load(x0 + k), a0);
-        a1 = S::fma(v, S::load(x1 + k), a1);
-        a2 = S::fma(v, S::load(x2 + k), a2);
-        a3 = S::fma(v, S::load(x3 + k), a3);
+  const int64_t kc = std::max<int64_t>(4 * W, ((int64_t{24} << 10) / (static_cast<int64_t>(sizeof(T)) * p)) / W * W);
+  for (int64_t i = 0; i < p; ++i)
+    for (int64_t j = 0; j <= i; ++j) R[i * p + j] = 0;
+  for (int64_t k0 = 0; k0 < q; k0 += kc) {
+    const int64_t k1 = std::min(q, k0 + kc);
+    const int64_t kv = k0 + (k1 - k0) / W * W;
+    // Two rows of G at a time against four: 6 loads feed 8 FMAs (load ports, not FMAs, are the limit).
+    // (lambdas do not inherit the target attribute, so the one-pair dot is a function of its own)
+    int64_t i = 0;
+    for (; i + 1 < p; i += 2) {
+      const T *xa = x + i * sp, *xb = xa + sp;
+      int64_t j = 0;
+      for (; j + 3 <= i; j += 4) {
+        const T *x0 = x + j * sp, *x1 = x0 + sp, *x2 = x1 + sp, *x3 = x2 + sp;
+        auto a0 = S::zero(), a1 = S::zero(), a2 = S::zero(), a3 = S::zero();
+        auto b0 = S::zero(), b1 = S::zero(), b2 = S::zero(), b3 = S::zero();
+        for (int64_t k = k0; k < kv; k += W) {
+          const auto va = S::load(xa + k), vb = S::load(xb + k);
+          const auto y0 = S::load(x0 + k), y1 = S::load(x1 + k), y2 = S::load(x2 + k), y3 = S::load(x3 + k);
+          a0 = S::fma(va, y0, a0), a1 = S::fma(va, y1, a1), a2 = S::fma(va, y2, a2), a3 = S::fma(va, y3, a3);
+          b0 = S::fma(vb, y0, b0), b1 = S::fma(vb, y1, b1), b2 = S::fma(vb, y2, b2), b3 = S::fma(vb, y3, b3);
+        }
+        T sa[4] = {S::sum(a0), S::sum(a1), S::sum(a2), S::sum(a3)};
+        T sb[4] = {S::sum(b0), S::sum(b1), S::sum(b2), S::sum(b3)};
+        for (int64_t k = kv; k < k1; ++k)
+          for (int m = 0; m < 4; ++m) {
+            sa[m] += xa[k] * x[(j + m) * sp + k];
+            sb[m] += xb[k] * x[(j + m) * sp + k];
+          }
+        for (int m = 0; m < 4; ++m) {
+          R[i * p + j + m] += sa[m];
+          R[(i + 1) * p + j + m] += sb[m];
+        }
       }
-      T s0 = S::sum(a0), s1 = S::sum(a1), s2 = S::sum(a2), s3 = S::sum(a3);
-      for (int64_t k = qv; k < q; ++k) {
-        s0 += xi[k] * x0[k];
-        s1 += xi[k] * x1[k];
-        s2 += xi[k] * x2[k];
-        s3 += xi[k] * x3[k];
-      }
-      R[i * p + j] = s0;
-      R[i * p + j + 1] = s1;
-      R[i * p + j + 2] = s2;
-      R[i * p + j + 3] = s3;
+      for (int64_t jj = j; jj <= i; ++jj) dot_accumulate<T>(x, p, sp, k0, kv, k1, i, jj, R);
+      for (int64_t jj = j; jj <= i + 1; ++jj) dot_accumulate<T>(x, p, sp, k0, kv, k1, i + 1, jj, R);
     }
-    for (; j <= i; ++j) {
-      const T* xj = x + j * sp;
-      auto a = S::zero();
-      for (int64_t k = 0; k < qv; k += W) a = S::fma(S::load(xi + k), S::load(xj + k), a);
-      T s = S::sum(a);
-      for (int64_t k = qv; k < q; ++k) s += xi[k] * xj[k];
-      R[i * p + j] = s;
-    }
+    if (i < p)
+      for (int64_t j = 0; j <= i; ++j) dot_accumulate<T>(x, p, sp, k0, kv, k1, i, j, R);
   }
 }
 
-// out[i, :] (+)= coef · Σ_j R[i, j] X[j, :] for contiguous rows: 4W outputs per register block, so each
-// loaded element of X feeds one FMA and the block is stored once.
+// out[i, :] (+)= coef · Σ_j R[i, j] X[j, :] for contiguous rows. k is cut into L1-sized chunks (the p row
+// slices stay in L1 while every output row of the chunk is formed); 4W outputs per register block.
 template <typename T>
 REGOPS_AVX2 void residual_times_rows(const T* x, int64_t p, int64_t q, int64_t sp, const T* R, T coef, T* out,
                                      int64_t osp, bool accumulate) {
   using S = Vec<T>;
   constexpr int W = S::W;
   const auto c = S::set1(coef);
-  for (int64_t i = 0; i < p; ++i) {
-    const T* Ri = R + i * p;
-    T* oi = out + i * osp;
-    int64_t k = 0;
-    for (; k + 4 * W <= q; k += 4 * W) {
-      auto a0 = S::zero(), a1 = S::zero(), a2 = S::zero(), a3 = S::zero();
-      for (int64_t j = 0; j < p; ++j) {
-        const auto r = S::set1(Ri[j]);
-        const T* xj = x + j * sp + k;
-        a0 = S::fma(r, S::load(xj), a0);
-        a1 = S::fma(r, S::load(xj + W), a1);
-        a2 = S::fma(r, S::load(xj + 2 * W), a2);
-        a3 = S::fma(r, S::load(xj + 3 * W), a3);
+  const int64_t kc = std::max<int64_t>(4 * W, ((int64_t{24} << 10) / (static_cast<int64_t>(sizeof(T)) * p)) / (4 * W) * (4 * W));
+  for (int64_t k0 = 0; k0 < q; k0 += kc) {
+    const int64_t k1 = std::min(q, k0 + kc);
+    for (int64_t i = 0; i < p; ++i) {
+      const T* Ri = R + i * p;
+      T* oi = out + i * osp;
+      int64_t k = k0;
+      for (; k + 4 * W <= k1; k += 4 * W) {
+        auto a0 = S::zero(), a1 = S::zero(), a2 = S::zero(), a3 = S::zero();
+        for (int64_t j = 0; j < p; ++j) {
+          const auto r = S::set1(Ri[j]);
+          const T* xj = x + j * sp + k;
+          a0 = S::fma(r, S::load(xj), a0);
+          a1 = S::fma(r, S::load(xj + W), a1);
+          a2 = S::fma(r, S::load(xj + 2 * W), a2);
+          a3 = S::fma(r, S::load(xj + 3 * W), a3);
+        }
+        a0 = S::mul(a0, c), a1 = S::mul(a1, c), a2 = S::mul(a2, c), a3 = S::mul(a3, c);
+        if (accumulate) {
+          a0 = S::add(a0, S::load(oi + k)), a1 = S::add(a1, S::load(oi + k + W));
+          a2 = S::add(a2, S::load(oi + k + 2 * W)), a3 = S::add(a3, S::load(oi + k + 3 * W));
+        }
+        S::store(oi + k, a0), S::store(oi + k + W, a1), S::store(oi + k + 2 * W, a2), S::store(oi + k + 3 * W, a3);
       }
-      a0 = S::mul(a0, c), a1 = S::mul(a1, c), a2 = S::mul(a2, c), a3 = S::mul(a3, c);
-      if (accumulate) {
-        a0 = S::add(a0, S::load(oi + k)), a1 = S::add(a1, S::load(oi + k + W));
-        a2 = S::add(a2, S::load(oi + k + 2 * W)), a3 = S::add(a3, S::load(oi + k + 3 * W));
+      for (; k + W <= k1; k += W) {
+        auto a = S::zero();
+        for (int64_t j = 0; j < p; ++j) a = S::fma(S::set1(Ri[j]), S::load(x + j * sp + k), a);
+        a = S::mul(a, c);
+        if (accumulate) a = S::add(a, S::load(oi + k));
+        S::store(oi + k, a);
       }
-      S::store(oi + k, a0), S::store(oi + k + W, a1), S::store(oi + k + 2 * W, a2), S::store(oi + k + 3 * W, a3);
-    }
-    for (; k + W <= q; k += W) {
-      auto a = S::zero();
-      for (int64_t j = 0; j < p; ++j) a = S::fma(S::set1(Ri[j]), S::load(x + j * sp + k), a);
-      a = S::mul(a, c);
-      if (accumulate) a = S::add(a, S::load(oi + k));
-      S::store(oi + k, a);
-    }
-    for (; k < q; ++k) {
-      T s = 0;
-      for (int64_t j = 0; j < p; ++j) s += Ri[j] * x[j * sp + k];
-      oi[k] = accumulate ? oi[k] + coef * s : coef * s;
+      for (; k < k1; ++k) {
+        T s = 0;
+        for (int64_t j = 0; j < p; ++j) s += Ri[j] * x[j * sp + k];
+        oi[k] = accumulate ? oi[k] + coef * s : coef * s;
+      }
     }
   }
 }
-
 
 // Lower triangle of G = X Xᵀ for X (p×q) with contiguous columns (X[i, k] = x[i + k·sq]): rank-1
 // updates, four rows of G at a time against one vector of columns. Entries above the diagonal that a

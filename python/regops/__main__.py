@@ -26,7 +26,9 @@ def info() -> None:
     if C is not None:
         print(f"compiled ops: regops._C, built against torch {C.torch_version}; CUDA kernels: {C.with_cuda}"
               + (f" (CUDA {C.cuda_version}, archs {C.cuda_archs})" if C.with_cuda else ""))
-        print(f"OpenMP: {C.with_openmp}, max threads {C.openmp_max_threads()}; torch threads {torch.get_num_threads()}")
+        par = C.parallel_info()
+        omp = next((l.strip() for l in par.splitlines() if "OpenMP" in l or "omp_get_max_threads" in l), "")
+        print(f"CPU threads: {C.intra_op_threads()} (torch's intra-op pool; {omp or 'see torch.__config__.parallel_info()'})")
     elif _loader.LIBRARY_PATH:
         print(f"compiled ops: {_loader.LIBRARY_PATH} ({torch.ops.regops._build_info()})")
     else:
