@@ -325,7 +325,7 @@ def _warn_if_shared(device: torch.device, own_load: float) -> None:
     parallel region, often for a whole scheduler slice); say so, since the numbers alone do not show it."""
     others = load_average() - own_load
     free = (os.cpu_count() or 1) - torch.get_num_threads()
-    if device.type == "cpu" and others > free + 0.5:
+    if device.type == "cpu" and others > free + 1.0:  # slack: the average lags by a minute
         print(f"warning: load average {load_average():.1f} on {os.cpu_count()} CPUs: other processes share them, "
               f"so timings with {torch.get_num_threads()} threads are unreliable (REGOPS_BENCH_THREADS=1 is "
               "steadier)", flush=True)
@@ -368,6 +368,8 @@ def add_speedups(results: list[Result]) -> None:
 def _fmt(x: float, digits: int = 2) -> str:
     if math.isnan(x):
         return "-"
+    if abs(x) < 1:
+        return f"{x:.3g}"  # microsecond-scale calls keep their significant digits
     return f"{x:.{digits}f}" if abs(x) < 1000 else f"{x:.0f}"
 
 

@@ -390,3 +390,14 @@ def test_portable_cpu_loops_without_simd():
                           "(test_matches_reference and cpu and not shape5) or test_fuzz_cpu_kernel or test_list_form"],
                          env=env, capture_output=True, text=True, timeout=600, cwd=os.path.dirname(__file__))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+
+
+@pytest.mark.smoke
+def test_loaded_library_is_the_one_asked_for():
+    """REGOPS_OPS_LIBRARY (the CMake build) replaces _C; otherwise _C is loaded when built."""
+    lib = os.environ.get("REGOPS_OPS_LIBRARY")
+    if lib:
+        assert _loader.LIBRARY_PATH == lib and _loader._C is None
+        assert "threads=" in torch.ops.regops._build_info()
+    else:
+        assert _loader.LIBRARY_PATH is None
