@@ -87,7 +87,7 @@ def penalty_cases(L, r, n, device) -> list[Case]:
     for impl in impls:
         cases.append(Case(op, size, impl, stacked, impl_fn(impl), predicted_bytes=3 * nbytes,
                           skip=_unavailable(op, impl, device, KERNELS)))
-    cases.append(Case(op, size, "gemm-bound", bound_setup, predicted_bytes=3 * nbytes,
+    cases.append(Case(op, size, "gemm-bound", bound_setup, predicted_bytes=3 * nbytes, memory=False,
                       parts=((0.5, lambda s: torch.bmm(s[0], s[0].transpose(1, 2))),
                              (1.0, lambda s: torch.bmm(s[1], s[0]))),
                       note="time(bmm(X, Xᵀ))/2 + time(bmm(R, X)): the GEMM work any impl does, not an op"))

@@ -50,6 +50,7 @@ class Case:
     # For bound rows: (weight, fn) pairs, each timed on its own; one repetition = Σ weight·time.
     parts: tuple = ()
     skip: Optional[str] = None      # why it cannot run here (unavailable impl); recorded, not run
+    memory: bool = True             # measure its peak memory (False for rows that are not an op)
     note: str = ""
 
     @property
@@ -287,7 +288,7 @@ def memory_subprocess(case: Case, quick: bool, timeout_s: float = 300) -> tuple[
 
 
 def measure_memory(results: list[Result], device: torch.device, quick: bool) -> None:
-    todo = [r for r in results if r.status == "ok"]
+    todo = [r for r in results if r.status == "ok" and r.case.memory]
     if device.type == "cuda":
         for r in todo:
             try:
