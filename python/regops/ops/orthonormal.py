@@ -33,6 +33,7 @@ def _setup_context(ctx, inputs, output):
     _, residual = output
     ctx.save_for_backward(mats, residual)
     ctx.squared = squared
+    ctx.mark_non_differentiable(residual)  # a saved intermediate, not a loss: no gradient flows from it
 
 
 def _make_backward(bwd_op):
@@ -55,6 +56,12 @@ if has_compiled_ops():
 
 if triton_available():
     from ..triton import orthonormal as _triton_orthonormal  # noqa: F401  (registers the triton ops)
+
+    torch.library.register_autograd(
+        "regops::orthonormal_penalty_fwd_triton",
+        _make_backward(lambda *a: torch.ops.regops.orthonormal_penalty_bwd_triton(*a)),
+        setup_context=_setup_context,
+    )
 
 
 @torch._dynamo.assume_constant_result

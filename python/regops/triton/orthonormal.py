@@ -376,20 +376,5 @@ def _bwd_fake(grad_values, mats, residual, squared):
     return torch.empty_like(mats)
 
 
-def _setup_context(ctx, inputs, output):
-    mats, squared = inputs
-    _, residual = output
-    ctx.save_for_backward(mats, residual)
-    ctx.squared = squared
-    ctx.mark_non_differentiable(residual)
+# Autograd for these ops is registered in regops/ops/orthonormal.py, shared with the compiled ops.
 
-
-def _backward(ctx, grad_values, grad_residual):
-    mats, residual = ctx.saved_tensors
-    if grad_values is None:
-        return None, None
-    grad = torch.ops.regops.orthonormal_penalty_bwd_triton(grad_values, mats, residual, ctx.squared)
-    return grad, None
-
-
-torch.library.register_autograd("regops::orthonormal_penalty_fwd_triton", _backward, setup_context=_setup_context)
