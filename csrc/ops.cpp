@@ -8,6 +8,8 @@
 
 #include <string>
 
+#include "cpu/output_cache.h"
+
 #include <ATen/Parallel.h>
 
 namespace regops {
@@ -30,6 +32,9 @@ std::string build_info() {
 
 TORCH_LIBRARY(regops, m) {
   m.def("_build_info() -> str", &regops::build_info);
+  // The cache of large CPU outputs (cpu/output_cache.h): regops.empty_cache() and its size.
+  m.def("_cpu_cache_clear() -> ()", &regops::cpu_cache_clear);
+  m.def("_cpu_cache_idle_bytes() -> int", &regops::cpu_cache_idle_bytes);
 
   // Orthonormality penalty on canonical "rows" matrices X (L, p, q): per-matrix ‖X Xᵀ − I‖_F (or its square).
   // residual = X Xᵀ − I in the accumulation dtype, saved for the backward.

@@ -14,6 +14,7 @@
 
 #include "regops/checks.h"
 #include "regops/orthonormal_math.h"
+#include "output_cache.h"
 #include "simd_x86.h"
 
 namespace regops {
@@ -215,8 +216,7 @@ void raise_non_finite(int64_t index, const char* arg) {
 }
 
 // Parallel over matrices for the loop path; BLAS threads itself, so its matrices run one after another.
-// at::parallel_for is torch's OpenMP pool: a second OpenMP runtime of our own would spin against torch's
-// threads (measured: 2x slower on 2 cores).
+// at::parallel_for is torch's OpenMP pool: it honours torch.set_num_threads and never nests.
 template <typename F>
 void for_each_matrix(int64_t n, bool blas, int64_t work_per_matrix, const F& f) {
   if (blas) {
@@ -271,7 +271,7 @@ at::Tensor orthonormal_penalty_bwd_cpu(const at::Tensor& grad_values, const at::
   const auto acc = acc_type(mats.scalar_type());
   auto R = residual.to(acc).contiguous();
   auto g = grad_values.to(acc).contiguous();
-  auto out = at::empty_like(mats);
+  auto out = cached_empty_like(mats);  // a large gradient: reuse mapped pages (see output_cache.h)
   const bool blas = use_blas(p, q);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, mats.scalar_type(), "orthonormal_penalty_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;

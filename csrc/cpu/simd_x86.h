@@ -23,6 +23,8 @@ inline bool has_avx2_fma() {
 template <typename T>
 struct Vec;
 
+constexpr int64_t kBlock = 32;  // summands per partial sum in long reductions
+
 template <>
 struct Vec<float> {
   using V = __m256;
@@ -120,6 +122,36 @@ REGOPS_AVX2 void gram_lower_rows(const T* x, int64_t p, int64_t q, int64_t sp, T
   }
 }
 
+// o[0:2W] (+)= c · (a0, a1).
+template <typename T>
+REGOPS_AVX2 void store_scaled(T* o, typename Vec<T>::V a0, typename Vec<T>::V a1, typename Vec<T>::V c, bool accumulate) {
+  using S = Vec<T>;
+  a0 = S::mul(a0, c), a1 = S::mul(a1, c);
+  if (accumulate) a0 = S::add(a0, S::load(o)), a1 = S::add(a1, S::load(o + S::W));
+  S::store(o, a0), S::store(o + S::W, a1);
+}
+
+// Columns [k, k1) of one output row: out_i (+)= coef · Σ_j R_ij X_j.
+template <typename T>
+REGOPS_AVX2 void residual_times_row_tail(const T* x, int64_t p, int64_t sp, const T* Ri, T coef, T* oi, int64_t k,
+                                         int64_t k1, bool accumulate) {
+  using S = Vec<T>;
+  constexpr int W = S::W;
+  const auto c = S::set1(coef);
+  for (; k + W <= k1; k += W) {
+    auto a = S::zero();
+    for (int64_t j = 0; j < p; ++j) a = S::fma(S::set1(Ri[j]), S::load(x + j * sp + k), a);
+    a = S::mul(a, c);
+    if (accumulate) a = S::add(a, S::load(oi + k));
+    S::store(oi + k, a);
+  }
+  for (; k < k1; ++k) {
+    T s = 0;
+    for (int64_t j = 0; j < p; ++j) s += Ri[j] * x[j * sp + k];
+    oi[k] = accumulate ? oi[k] + coef * s : coef * s;
+  }
+}
+
 // out[i, :] (+)= coef · Σ_j R[i, j] X[j, :] for contiguous rows. k is cut into L1-sized chunks (the p row
 // slices stay in L1 while every output row of the chunk is formed); 4W outputs per register block.
 template <typename T>
@@ -131,7 +163,35 @@ REGOPS_AVX2 void residual_times_rows(const T* x, int64_t p, int64_t q, int64_t s
   const int64_t kc = std::max<int64_t>(4 * W, ((int64_t{24} << 10) / (static_cast<int64_t>(sizeof(T)) * p)) / (4 * W) * (4 * W));
   for (int64_t k0 = 0; k0 < q; k0 += kc) {
     const int64_t k1 = std::min(q, k0 + kc);
-    for (int64_t i = 0; i < p; ++i) {
+    int64_t i4 = 0;
+    // Four output rows × 2W columns per register block: 4 broadcasts + 2 loads feed 8 FMAs.
+    for (; i4 + 4 <= p; i4 += 4) {
+      const T *R0 = R + i4 * p, *R1 = R0 + p, *R2 = R1 + p, *R3 = R2 + p;
+      T *o0 = out + i4 * osp, *o1 = o0 + osp, *o2 = o1 + osp, *o3 = o2 + osp;
+      int64_t k = k0;
+      for (; k + 2 * W <= k1; k += 2 * W) {
+        auto a0 = S::zero(), a1 = S::zero(), b0 = S::zero(), b1 = S::zero();
+        auto c0 = S::zero(), c1 = S::zero(), d0 = S::zero(), d1 = S::zero();
+        for (int64_t j = 0; j < p; ++j) {
+          const T* xj = x + j * sp + k;
+          const auto y0 = S::load(xj), y1 = S::load(xj + W);
+          auto r = S::set1(R0[j]);
+          a0 = S::fma(r, y0, a0), a1 = S::fma(r, y1, a1);
+          r = S::set1(R1[j]);
+          b0 = S::fma(r, y0, b0), b1 = S::fma(r, y1, b1);
+          r = S::set1(R2[j]);
+          c0 = S::fma(r, y0, c0), c1 = S::fma(r, y1, c1);
+          r = S::set1(R3[j]);
+          d0 = S::fma(r, y0, d0), d1 = S::fma(r, y1, d1);
+        }
+        store_scaled<T>(o0 + k, a0, a1, c, accumulate);
+        store_scaled<T>(o1 + k, b0, b1, c, accumulate);
+        store_scaled<T>(o2 + k, c0, c1, c, accumulate);
+        store_scaled<T>(o3 + k, d0, d1, c, accumulate);
+      }
+      for (int64_t i = i4; i < i4 + 4; ++i) residual_times_row_tail<T>(x, p, sp, R + i * p, coef, out + i * osp, k, k1, accumulate);
+    }
+    for (int64_t i = i4; i < p; ++i) {
       const T* Ri = R + i * p;
       T* oi = out + i * osp;
       int64_t k = k0;
@@ -181,13 +241,18 @@ REGOPS_AVX2 void gram_lower_cols(const T* x, int64_t p, int64_t q, int64_t sq, T
     const int64_t i1 = i0 + (ni > 1 ? 1 : 0), i2 = i0 + (ni > 2 ? 2 : 0), i3 = i0 + (ni > 3 ? 3 : 0);
     for (int64_t j0 = 0; j0 < pv && j0 < i0 + ni; j0 += W) {
       auto a0 = S::zero(), a1 = S::zero(), a2 = S::zero(), a3 = S::zero();
-      for (int64_t k = 0; k < q; ++k) {
-        const T* xk = x + k * sq;
-        const auto v = S::load(xk + j0);
-        a0 = S::fma(S::set1(xk[i0]), v, a0);
-        a1 = S::fma(S::set1(xk[i1]), v, a1);
-        a2 = S::fma(S::set1(xk[i2]), v, a2);
-        a3 = S::fma(S::set1(xk[i3]), v, a3);
+      // Blocks of kBlock terms are summed apart, then added: rounding grows with q/kBlock + kBlock, not q.
+      for (int64_t kb = 0; kb < q; kb += kBlock) {
+        auto e0 = S::zero(), e1 = S::zero(), e2 = S::zero(), e3 = S::zero();
+        for (int64_t k = kb, ke = std::min(q, kb + kBlock); k < ke; ++k) {
+          const T* xk = x + k * sq;
+          const auto v = S::load(xk + j0);
+          e0 = S::fma(S::set1(xk[i0]), v, e0);
+          e1 = S::fma(S::set1(xk[i1]), v, e1);
+          e2 = S::fma(S::set1(xk[i2]), v, e2);
+          e3 = S::fma(S::set1(xk[i3]), v, e3);
+        }
+        a0 = S::add(a0, e0), a1 = S::add(a1, e1), a2 = S::add(a2, e2), a3 = S::add(a3, e3);
       }
       // rows beyond p were computed on a duplicate row and are dropped
       S::store(R + i0 * p + j0, a0);
@@ -219,7 +284,12 @@ REGOPS_AVX2 void residual_times_cols(const T* x, int64_t p, int64_t q, int64_t s
     T* ok = out + k * osq;
     for (int64_t i0 = 0; i0 < pv; i0 += W) {
       auto a = S::zero();
-      for (int64_t j = 0; j < p; ++j) a = S::fma(S::set1(xk[j]), S::load(R + j * p + i0), a);
+      for (int64_t jb = 0; jb < p; jb += kBlock) {  // blocked sums, as in gram_lower_cols
+        auto e = S::zero();
+        for (int64_t j = jb, je = std::min(p, jb + kBlock); j < je; ++j)
+          e = S::fma(S::set1(xk[j]), S::load(R + j * p + i0), e);
+        a = S::add(a, e);
+      }
       a = S::mul(a, c);
       if (accumulate) a = S::add(a, S::load(ok + i0));
       S::store(ok + i0, a);

@@ -131,3 +131,10 @@ def resolve_impl(op: str, impl, device: torch.device, kernels: dict) -> str:
     if device.type == "cpu" and impl_available(op, "cpu", device, kernels)[0]:
         return "cpu"
     return "reference"
+
+
+def empty_cache() -> None:
+    """Frees the idle large CPU output buffers regops keeps for reuse (csrc/cpu/output_cache.h).
+    Buffers still held by live tensors return to the cache when those die, up to REGOPS_CPU_CACHE_MB."""
+    if has_compiled_ops():
+        torch.ops.regops._cpu_cache_clear()
