@@ -31,6 +31,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+import regops
+
 BENCH_DIR = Path(__file__).resolve().parent
 MEMORY_LIMIT_BYTES = 12 * 2**30   # cases predicted to need more are skipped, not run
 CPU_THREADS = int(os.environ.get("REGOPS_BENCH_THREADS", "2"))
@@ -261,6 +263,7 @@ def measure_memory_here(case: Case, device: torch.device) -> int:
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
     _release_freed_heap()
+    regops.empty_cache()  # buffers regops cached during the warm-up are per-call memory: count them
     if resettable:
         _reset_peak_rss()
         base = _proc_status_kib("VmRSS")

@@ -81,8 +81,7 @@ REGOPS_AVX2 void gram_lower_rows(const T* x, int64_t p, int64_t q, int64_t sp, T
   using S = Vec<T>;
   constexpr int W = S::W;
   const int64_t kc = std::max<int64_t>(4 * W, ((int64_t{24} << 10) / (static_cast<int64_t>(sizeof(T)) * p)) / W * W);
-  for (int64_t i = 0; i < p; ++i)
-    for (int64_t j = 0; j <= i; ++j) R[i * p + j] = 0;
+  std::fill(R, R + p * p, T(0));
   for (int64_t k0 = 0; k0 < q; k0 += kc) {
     const int64_t k1 = std::min(q, k0 + kc);
     const int64_t kv = k0 + (k1 - k0) / W * W;
@@ -92,7 +91,9 @@ REGOPS_AVX2 void gram_lower_rows(const T* x, int64_t p, int64_t q, int64_t sp, T
     for (; i + 1 < p; i += 2) {
       const T *xa = x + i * sp, *xb = xa + sp;
       int64_t j = 0;
-      for (; j + 3 <= i; j += 4) {
+      // Blocks may reach above the diagonal (j + 3 > i): those few extra entries are cheaper than dot
+      // products one at a time, and nothing reads R above the diagonal.
+      for (; j <= i + 1 && j + 4 <= p; j += 4) {
         const T *x0 = x + j * sp, *x1 = x0 + sp, *x2 = x1 + sp, *x3 = x2 + sp;
         auto a0 = S::zero(), a1 = S::zero(), a2 = S::zero(), a3 = S::zero();
         auto b0 = S::zero(), b1 = S::zero(), b2 = S::zero(), b3 = S::zero();
