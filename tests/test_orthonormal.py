@@ -37,10 +37,6 @@ def ref_values(x, side, squared):
     return ref.orthonormal_penalty_rows(xr, squared)
 
 
-def impl_dtypes(impl):
-    return [torch.float32, torch.float64]
-
-
 @pytest.mark.smoke
 @pytest.mark.parametrize("impl", ["reference"] + IMPLS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -70,7 +70,6 @@ def test_apply_sorsa_targets_and_freezes():
     model.add_module("act", nn.GELU())
     model.add_module("mlp", nn.Linear(16, 8))
     model.add_module("v_proj", nn.Linear(16, 16))
-    x = torch.randn(4, 16)
     apply_sorsa(model, rank=4, target_modules=["q_proj", "v_proj"])
     assert isinstance(model.q_proj, SORSALinear) and isinstance(model.v_proj, SORSALinear)
     assert isinstance(model.mlp, nn.Linear) and not isinstance(model.mlp, SORSALinear)
