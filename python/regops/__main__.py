@@ -10,9 +10,11 @@ import torch
 
 def ops_table():
     """Every public op and the kernels registry it dispatches through."""
+    from .ops.conr import KERNELS as CONR
     from .ops.orthonormal import KERNELS as ORTHO
     from .ops.sorsa import REG_KERNELS
-    return {"orthonormal_penalty": ORTHO, "sorsa_ortho_loss": ORTHO, "sorsa_regularize_": REG_KERNELS}
+    return {"orthonormal_penalty": ORTHO, "sorsa_ortho_loss": ORTHO, "sorsa_regularize_": REG_KERNELS,
+            "conr_loss": CONR}
 
 
 def info() -> None:

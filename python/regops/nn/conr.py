@@ -1,0 +1,16 @@
+"""ConR as a module."""
+from torch import nn
+
+from ..ops.conr import conr_loss
+
+
+class ConR(nn.Module):
+    """regops.conr_loss with its hyper-parameters fixed: ConR(variant="agedb")(features, labels, preds, weights)."""
+
+    def __init__(self, *, temperature=None, threshold=None, push=None, variant="agedb", label_norm=2, impl=None):
+        super().__init__()
+        self.kwargs = dict(temperature=temperature, threshold=threshold, push=push, variant=variant,
+                           label_norm=label_norm, impl=impl)
+
+    def forward(self, features, labels, preds, weights=None):
+        return conr_loss(features, labels, preds, weights, **self.kwargs)
