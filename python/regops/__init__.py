@@ -4,6 +4,7 @@ from importlib.metadata import PackageNotFoundError, version as _version
 from . import _loader  # loads the compiled ops (or notes their absence) before the ops register
 from ._loader import empty_cache
 from .ops.conr import conr_loss
+from .ops.contrastive import focal_supcon_loss, supcon_loss
 from .ops.orthonormal import orthonormal_penalty
 from .ops.sorsa import sorsa_ortho_loss, sorsa_regularize_
 from . import nn
@@ -13,4 +14,4 @@ try:
 except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0.0.0+source"
 
-__all__ = ["conr_loss", "empty_cache", "orthonormal_penalty", "sorsa_ortho_loss", "sorsa_regularize_", "nn", "__version__"]
+__all__ = ["conr_loss", "supcon_loss", "focal_supcon_loss", "empty_cache", "orthonormal_penalty", "sorsa_ortho_loss", "sorsa_regularize_", "nn", "__version__"]

@@ -11,10 +11,11 @@ import torch
 def ops_table():
     """Every public op and the kernels registry it dispatches through."""
     from .ops.conr import KERNELS as CONR
+    from .ops.contrastive import FOCAL_KERNELS, SUPCON_KERNELS
     from .ops.orthonormal import KERNELS as ORTHO
     from .ops.sorsa import REG_KERNELS
     return {"orthonormal_penalty": ORTHO, "sorsa_ortho_loss": ORTHO, "sorsa_regularize_": REG_KERNELS,
-            "conr_loss": CONR}
+            "conr_loss": CONR, "supcon_loss": SUPCON_KERNELS, "focal_supcon_loss": FOCAL_KERNELS}
 
 
 def info() -> None:
