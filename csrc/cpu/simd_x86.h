@@ -154,7 +154,7 @@ REGOPS_AVX2 void residual_times_row_tail(const T* x, int64_t p, int64_t sp, cons
 }
 
 // out[i, :] (+)= coef · Σ_j R[i, j] X[j, :] for contiguous rows. k is cut into L1-sized chunks (the p row
-// slices stay in L1 while every output row of the chunk is formed); 4W outputs per register block.
+// slices stay in L1 while every output row of the chunk is formed).
 template <typename T>
 REGOPS_AVX2 void residual_times_rows(const T* x, int64_t p, int64_t q, int64_t sp, const T* R, T coef, T* out,
                                      int64_t osp, bool accumulate) {
@@ -192,40 +192,8 @@ REGOPS_AVX2 void residual_times_rows(const T* x, int64_t p, int64_t q, int64_t s
       }
       for (int64_t i = i4; i < i4 + 4; ++i) residual_times_row_tail<T>(x, p, sp, R + i * p, coef, out + i * osp, k, k1, accumulate);
     }
-    for (int64_t i = i4; i < p; ++i) {
-      const T* Ri = R + i * p;
-      T* oi = out + i * osp;
-      int64_t k = k0;
-      for (; k + 4 * W <= k1; k += 4 * W) {
-        auto a0 = S::zero(), a1 = S::zero(), a2 = S::zero(), a3 = S::zero();
-        for (int64_t j = 0; j < p; ++j) {
-          const auto r = S::set1(Ri[j]);
-          const T* xj = x + j * sp + k;
-          a0 = S::fma(r, S::load(xj), a0);
-          a1 = S::fma(r, S::load(xj + W), a1);
-          a2 = S::fma(r, S::load(xj + 2 * W), a2);
-          a3 = S::fma(r, S::load(xj + 3 * W), a3);
-        }
-        a0 = S::mul(a0, c), a1 = S::mul(a1, c), a2 = S::mul(a2, c), a3 = S::mul(a3, c);
-        if (accumulate) {
-          a0 = S::add(a0, S::load(oi + k)), a1 = S::add(a1, S::load(oi + k + W));
-          a2 = S::add(a2, S::load(oi + k + 2 * W)), a3 = S::add(a3, S::load(oi + k + 3 * W));
-        }
-        S::store(oi + k, a0), S::store(oi + k + W, a1), S::store(oi + k + 2 * W, a2), S::store(oi + k + 3 * W, a3);
-      }
-      for (; k + W <= k1; k += W) {
-        auto a = S::zero();
-        for (int64_t j = 0; j < p; ++j) a = S::fma(S::set1(Ri[j]), S::load(x + j * sp + k), a);
-        a = S::mul(a, c);
-        if (accumulate) a = S::add(a, S::load(oi + k));
-        S::store(oi + k, a);
-      }
-      for (; k < k1; ++k) {
-        T s = 0;
-        for (int64_t j = 0; j < p; ++j) s += Ri[j] * x[j * sp + k];
-        oi[k] = accumulate ? oi[k] + coef * s : coef * s;
-      }
-    }
+    // The last p mod 4 rows, one vector at a time.
+    for (int64_t i = i4; i < p; ++i) residual_times_row_tail<T>(x, p, sp, R + i * p, coef, out + i * osp, k0, k1, accumulate);
   }
 }
 
