@@ -43,4 +43,20 @@ TORCH_LIBRARY(regops, m) {
   // Multi-tensor: grads[i] += scale · d‖mats[i] mats[i]ᵀ − I‖ / d mats[i], with no autograd graph.
   // Returns the per-matrix penalty values in float64.
   m.def("orthonormal_grad_accumulate_(Tensor[] mats, Tensor(a!)[] grads, float scale, bool squared) -> Tensor");
+
+  // The pairwise contrastive engine (ConR, SupCon, focal SupCon; regops/contrastive_math.h has the math).
+  // anchors (n, D) are L2-normalized rows in float32/float64; candidates (M, D) likewise, or None for the
+  // anchors themselves (one process: the symmetric fast path). Anchor i is candidate offset + i.
+  // kind: 0 ConR agedb, 1 ConR nyud2 (labels/preds (n, L) float, weights (n,)), 2 SupCon, 3 focal SupCon
+  // (labels (n,) int64). Returns the per-anchor losses (n,) and row_stats (n, 4) = [L, alpha, beta, |P|],
+  // all the backward needs: it recomputes the similarity tiles, so no N×N tensor ever exists.
+  m.def("contrastive_fwd(Tensor anchors, Tensor? candidates, Tensor labels, Tensor? cand_labels, Tensor? preds, "
+        "Tensor? cand_preds, Tensor? weights, int kind, int offset, float temperature, float threshold, float push, "
+        "float label_norm) -> (Tensor row_loss, Tensor row_stats)");
+  // Gradients of Σ_i grad_row_loss_i·row_loss_i: (grad_anchors (n, D), grad_candidates (M, D)); with
+  // candidates None, grad_anchors holds the whole gradient and grad_candidates is empty (0, D).
+  m.def("contrastive_bwd(Tensor grad_row_loss, Tensor anchors, Tensor? candidates, Tensor labels, "
+        "Tensor? cand_labels, Tensor? preds, Tensor? cand_preds, Tensor? weights, Tensor row_stats, int kind, "
+        "int offset, float temperature, float threshold, float push, float label_norm) "
+        "-> (Tensor grad_anchors, Tensor grad_candidates)");
 }

@@ -5,6 +5,7 @@ from . import _loader  # loads the compiled ops (or notes their absence) before 
 from ._loader import empty_cache
 from .ops.conr import conr_loss
 from .ops.contrastive import focal_supcon_loss, supcon_loss
+from .ops.hard_pair_mixup import HardPairMixup, hard_pair_mixup
 from .ops.orthonormal import orthonormal_penalty
 from .ops.sorsa import sorsa_ortho_loss, sorsa_regularize_
 from . import nn
@@ -14,4 +15,4 @@ try:
 except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0.0.0+source"
 
-__all__ = ["conr_loss", "supcon_loss", "focal_supcon_loss", "empty_cache", "orthonormal_penalty", "sorsa_ortho_loss", "sorsa_regularize_", "nn", "__version__"]
+__all__ = ["conr_loss", "supcon_loss", "focal_supcon_loss", "hard_pair_mixup", "HardPairMixup", "empty_cache", "orthonormal_penalty", "sorsa_ortho_loss", "sorsa_regularize_", "nn", "__version__"]

@@ -15,7 +15,8 @@ def ops_table():
     from .ops.orthonormal import KERNELS as ORTHO
     from .ops.sorsa import REG_KERNELS
     return {"orthonormal_penalty": ORTHO, "sorsa_ortho_loss": ORTHO, "sorsa_regularize_": REG_KERNELS,
-            "conr_loss": CONR, "supcon_loss": SUPCON_KERNELS, "focal_supcon_loss": FOCAL_KERNELS}
+            "conr_loss": CONR, "supcon_loss": SUPCON_KERNELS, "focal_supcon_loss": FOCAL_KERNELS,
+            "hard_pair_mixup": {}}
 
 
 def info() -> None:

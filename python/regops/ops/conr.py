@@ -2,7 +2,8 @@
 
 Semantics are the official code's (BorealisAI/ConR), with two documented departures: an anchor with no
 positive contributes 0 (the official code gives NaN), and every sum is max-shifted (equal in value).
-The fused O(N)-memory kernels are issue 3's remaining work; today every impl name but "reference" raises.
+The kernels are the pairwise contrastive engine's (ops/_pairwise.py): the similarity is streamed in tiles
+and only O(N) row statistics are saved, never an N×N tensor.
 """
 from __future__ import annotations
 
@@ -11,12 +12,11 @@ import math
 import torch
 
 from .. import _checks
-from .._loader import resolve_impl
-from ..reference.conr import conr_loss_reference
+from . import _pairwise
 
 OP = "conr_loss"
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-KERNELS: dict = {}  # impl -> compiled/Triton op; filled as the kernels land
+KERNELS = _pairwise.KERNELS
 # The official training values: agedb/imdb (τ, ω, push) and nyud2.
 VARIANT_DEFAULTS = {"agedb": (0.07, 1.0, 0.01), "nyud2": (0.2, 0.2, 0.2)}
 
@@ -34,16 +34,21 @@ def _check_targets(arg: str, t, n: int, features: torch.Tensor) -> torch.Tensor:
 
 
 def conr_loss(features, labels, preds, weights=None, *, temperature=None, threshold=None, push=None,
-              variant: str = "agedb", label_norm: float = 2, impl=None) -> torch.Tensor:
+              variant: str = "agedb", label_norm: float = 2, process_group=None, impl=None) -> torch.Tensor:
     """ConR on a batch: features (N, D); labels and preds (N,) or (N, L) (rows compared by the
     `label_norm`-norm); weights (N,) per-sample weights (LDS) or None. None hyper-parameters resolve to the
     variant's official values. Gradient flows to features only. For depth maps (nyud2), pass per-image means
-    of labels, preds and weights, as the official code computes them."""
+    of labels, preds and weights, as the official code computes them.
+
+    With `process_group`, anchors are this rank's rows and candidates the rows of every rank (equal row counts
+    per rank); the value is this rank's share, and the mean over ranks equals the loss of the whole batch."""
     _checks.check_choice(OP, "variant", variant, tuple(VARIANT_DEFAULTS))
     _checks.check_tensor(OP, "features", features, ndims=(2,), dtypes=DTYPES)
     n = features.shape[0]
     if n == 0:
         _checks.fail(OP, "features", "at least one row", f"shape {tuple(features.shape)}")
+    if features.shape[1] == 0:
+        _checks.fail(OP, "features", "at least one column", f"shape {tuple(features.shape)}")
     labels = _check_targets("labels", labels, n, features)
     preds = _check_targets("preds", preds, n, features)
     if labels.shape != preds.shape:
@@ -52,17 +57,33 @@ def conr_loss(features, labels, preds, weights=None, *, temperature=None, thresh
         _checks.check_tensor(OP, "weights", weights, ndims=(1,))
         if weights.shape[0] != n:
             _checks.fail(OP, "weights", f"shape ({n},)", f"shape {tuple(weights.shape)}")
+        if weights.device != features.device:
+            _checks.fail(OP, "weights", f"device {features.device} (as features)", f"device {weights.device}", RuntimeError)
         _checks.check_finite_eager(OP, "weights", weights)
     tau, omega, push_default = VARIANT_DEFAULTS[variant]
     temperature = tau if temperature is None else temperature
     threshold = omega if threshold is None else threshold
     push = push_default if push is None else push
-    for name, v in (("temperature", temperature), ("threshold", threshold), ("push", push), ("label_norm", label_norm)):
+    for name, v in (("temperature", temperature), ("threshold", threshold), ("push", push)):
         if not isinstance(v, (int, float)) or not math.isfinite(v):
             _checks.fail(OP, name, "a finite number", repr(v))
     if temperature <= 0:
         _checks.fail(OP, "temperature", "a positive number", repr(temperature))
+    if not isinstance(label_norm, (int, float)) or not label_norm > 0:
+        _checks.fail(OP, "label_norm", "a positive number or inf", repr(label_norm))
+    if variant == "nyud2" and push < 0:
+        _checks.fail(OP, "push", "a number >= 0 for variant 'nyud2' (its log(push·w·d) needs it)", repr(push))
+    if weights is not None and not torch.compiler.is_compiling() and _checks.check_finite_enabled(weights.device) \
+            and bool((weights < 0).any()):
+        _checks.fail(OP, "weights", "weights >= 0 (their log enters the denominator)", f"min {weights.min().item()}")
     _checks.check_finite_eager(OP, "features", features)
-    resolve_impl(OP, impl, features.device, KERNELS)  # only the reference exists yet: a named kernel raises
-    return conr_loss_reference(features, labels, preds, weights, float(temperature), float(threshold), float(push),
-                               variant, float(label_norm))
+    acc = _pairwise.acc_dtype(features.dtype)
+    as_rows = lambda t: t.detach().to(acc).reshape(n, -1).contiguous()  # noqa: E731  (n,) -> (n, 1)
+    w = weights.detach().to(acc).contiguous() if weights is not None else None
+    kind = _pairwise.CONR_AGEDB if variant == "agedb" else _pairwise.CONR_NYUD2
+    rows, n_pos, world, m = _pairwise.row_losses(
+        OP, kind, features, as_rows(labels), as_rows(preds), w, temperature=float(temperature),
+        threshold=float(threshold), push=float(push), label_norm=float(label_norm), process_group=process_group,
+        impl=impl)
+    loss = _pairwise.reduce_loss(kind, rows, n_pos, w, world, m, process_group)
+    return loss.to(features.dtype)

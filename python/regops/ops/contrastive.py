@@ -1,5 +1,4 @@
-"""supcon_loss and focal_supcon_loss (issue 3's pairwise engine will give them fused kernels; today the
-reference serves every call and a named kernel impl raises)."""
+"""supcon_loss and focal_supcon_loss on the pairwise contrastive engine (ops/_pairwise.py)."""
 from __future__ import annotations
 
 import math
@@ -7,19 +6,20 @@ import math
 import torch
 
 from .. import _checks
-from .._loader import resolve_impl
-from ..reference.contrastive import focal_supcon_loss_reference, supcon_loss_reference
+from . import _pairwise
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-SUPCON_KERNELS: dict = {}
-FOCAL_KERNELS: dict = {}
+SUPCON_KERNELS = _pairwise.KERNELS
+FOCAL_KERNELS = _pairwise.KERNELS
 
 
-def _validate(op, features, labels, temperature):
+def _validate(op, features, labels, temperature) -> torch.Tensor:
     _checks.check_tensor(op, "features", features, ndims=(2,), dtypes=DTYPES)
     n = features.shape[0]
     if n == 0:
         _checks.fail(op, "features", "at least one row", f"shape {tuple(features.shape)}")
+    if features.shape[1] == 0:
+        _checks.fail(op, "features", "at least one column", f"shape {tuple(features.shape)}")
     _checks.check_tensor(op, "labels", labels, ndims=(1,))
     if labels.shape[0] != n:
         _checks.fail(op, "labels", f"shape ({n},) (one per feature row)", f"shape {tuple(labels.shape)}")
@@ -28,18 +28,31 @@ def _validate(op, features, labels, temperature):
     if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
         _checks.fail(op, "temperature", "a positive finite number", repr(temperature))
     _checks.check_finite_eager(op, "features", features)
+    labels = labels.detach()
+    if labels.is_floating_point() or labels.is_complex():
+        if torch.compiler.is_compiling():
+            _checks.fail(op, "labels", "integer class ids under torch.compile", f"dtype {labels.dtype}", TypeError)
+        _checks.check_finite_eager(op, "labels", labels)
+        labels = torch.unique(labels, return_inverse=True)[1]  # equal values, equal ids
+    return labels.to(torch.int64).contiguous()
 
 
-def supcon_loss(features, labels, *, temperature: float = 0.07, impl=None) -> torch.Tensor:
+def _loss(op, kind, features, labels, temperature, process_group, impl):
+    labels = _validate(op, features, labels, temperature)
+    rows, n_pos, world, m = _pairwise.row_losses(op, kind, features, labels, None, None,
+                                                 temperature=float(temperature), process_group=process_group,
+                                                 impl=impl)
+    return _pairwise.reduce_loss(kind, rows, n_pos, None, world, m, process_group).to(features.dtype)
+
+
+def supcon_loss(features, labels, *, temperature: float = 0.07, process_group=None, impl=None) -> torch.Tensor:
     """Supervised contrastive loss (Khosla et al. 2020, the mean over positives outside the log) on features
-    (N, D) and labels (N,); stack the views yourself. Anchors without a positive contribute 0."""
-    _validate("supcon_loss", features, labels, temperature)
-    resolve_impl("supcon_loss", impl, features.device, SUPCON_KERNELS)
-    return supcon_loss_reference(features, labels.detach(), float(temperature))
+    (N, D) and labels (N,); stack the views yourself. Anchors without a positive contribute 0.
+    With `process_group`, candidates come from every rank (see regops.conr_loss)."""
+    return _loss("supcon_loss", _pairwise.SUPCON, features, labels, temperature, process_group, impl)
 
 
-def focal_supcon_loss(features, labels, *, temperature: float = 0.07, impl=None) -> torch.Tensor:
-    """Core-tuning's focal contrastive loss on features (N, D) and labels (N,)."""
-    _validate("focal_supcon_loss", features, labels, temperature)
-    resolve_impl("focal_supcon_loss", impl, features.device, FOCAL_KERNELS)
-    return focal_supcon_loss_reference(features, labels.detach(), float(temperature))
+def focal_supcon_loss(features, labels, *, temperature: float = 0.07, process_group=None, impl=None) -> torch.Tensor:
+    """Core-tuning's focal contrastive loss on features (N, D) and labels (N,):
+    −Σ_i [(1/N) Σ_{j∈P_i} (1 − p_ij)·log p_ij] / #(anchors with a positive)."""
+    return _loss("focal_supcon_loss", _pairwise.FOCAL, features, labels, temperature, process_group, impl)

@@ -1,0 +1,547 @@
+// CPU kernels of the pairwise contrastive engine (math: regops/contrastive_math.h).
+//
+// The similarity S = A Cᵀ/τ is computed tile by tile (BLAS on BS×BS tiles) and consumed at once: the
+// forward folds each tile into online row statistics, the backward recomputes it, turns it into dS and
+// accumulates dA += dS·C/τ, dC += dSᵀ·A/τ. Nothing N×N is ever stored; per thread a few BS×BS tiles.
+//
+// One process (candidates None): S is symmetric, so only the tiles (I, J ≤ I) are computed and each one
+// serves the rows of I and, transposed, the rows of J. The backward forms E = dS + dSᵀ on the same tiles and
+// adds E·Z_J to dZ_I and Eᵀ·Z_I to dZ_J. To let threads write rows without locks or per-thread copies, the
+// tiles run in rounds (the circle method of round-robin tournaments): within a round no two tiles share a
+// row block. Across ranks (candidates given) the rectangular grid runs in rounds of tiles (I, I + k mod BJ),
+// which also keeps both the row and the column blocks of a round disjoint.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "regops/checks.h"
+#include "regops/contrastive_math.h"
+#include "simd_exp.h"
+
+namespace regops {
+namespace {
+
+using namespace contrastive;
+constexpr const char* kOp = "contrastive_fwd";
+
+template <typename T>
+struct Problem {
+  int64_t n, m, d, len;  // anchors, candidates, feature dim, label length (ConR)
+  const T* a;            // anchors (n, d)
+  const T* c;            // candidates (m, d); the anchors when symmetric
+  const T *ya, *yc, *pa, *pc, *wa;
+  const int64_t *la, *lc;
+  int kind;
+  int64_t offset;
+  T inv_tau, p;
+  ConrParams<T> conr;
+  bool symmetric;
+
+  // Element (r, col): r an anchor, col a candidate.
+  Element<T> element(int64_t r, int64_t col, T s) const {
+    const bool diag = col == offset + r;
+    if (is_conr(kind)) {
+      const T ld = label_distance(ya + r * len, yc + col * len, len, p);
+      const T pd = label_distance(pa + r * len, pc + col * len, len, p);
+      return conr_element(kind, s, ld, pd, wa[r], diag, conr);
+    }
+    return supcon_element(s, la[r] == lc[col], diag);
+  }
+};
+
+// ---- BLAS on row-major tiles, through ATen's mm (MKL/OpenBLAS; single-threaded inside our parallel region) ----
+
+template <typename T>
+at::Tensor view(const T* p, int64_t rows, int64_t cols) {
+  return at::from_blob(const_cast<T*>(p), {rows, cols}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+}
+
+// C (rows × cols) = alpha · X Yᵀ with X (rows × d), Y (cols × d).
+template <typename T>
+void gemm_xyt(int64_t rows, int64_t cols, int64_t d, T alpha, const T* X, const T* Y, T* C) {
+  auto c = view(C, rows, cols);
+  at::addmm_out(c, c, view(X, rows, d), view(Y, cols, d).t(), 0, alpha);  // beta 0: C is not read
+}
+
+// out (rows × d) += alpha · E Y with E (rows × k), Y (k × d).
+template <typename T>
+void gemm_acc_ey(int64_t rows, int64_t k, int64_t d, T alpha, const T* E, const T* Y, T* out) {
+  auto o = view(out, rows, d);
+  at::addmm_out(o, o, view(E, rows, k), view(Y, k, d), 1, alpha);
+}
+
+// out (rows × d) += alpha · Eᵀ Y with E (k × rows), Y (k × d).
+template <typename T>
+void gemm_acc_ety(int64_t rows, int64_t k, int64_t d, T alpha, const T* E, const T* Y, T* out) {
+  auto o = view(out, rows, d);
+  at::addmm_out(o, o, view(E, k, rows).t(), view(Y, k, d), 1, alpha);
+}
+
+template <typename T>
+void transpose(const T* src, int64_t rows, int64_t cols, T* dst) {
+  constexpr int64_t B = 16;
+  for (int64_t i0 = 0; i0 < rows; i0 += B)
+    for (int64_t j0 = 0; j0 < cols; j0 += B)
+      for (int64_t i = i0; i < std::min(rows, i0 + B); ++i)
+        for (int64_t j = j0; j < std::min(cols, j0 + B); ++j) dst[j * rows + i] = src[i * cols + j];
+}
+
+template <typename T>
+struct Scratch {
+  std::vector<T> s, st, d1, d2, terms;
+  std::vector<uint8_t> pos;
+  explicit Scratch(int64_t bs) : s(bs * bs), st(bs * bs), d1(bs * bs), d2(bs * bs), terms(bs), pos(bs) {}
+};
+
+// What a run of elements of one row adds, besides the exponents written to terms[] (−inf: nothing).
+template <typename T>
+struct RunSums {
+  T bmax, ones, n_pos, pos_s;
+  bool has_neg;
+};
+
+// Generic path: any kind, any label length, through the header's element functions.
+template <typename T>
+RunSums<T> elements_generic(const Problem<T>& P, int64_t r, int64_t col0, int64_t nc, const T* s, T* terms,
+                            uint8_t* pos) {
+  RunSums<T> o{neg_inf<T>(), 0, 0, 0, false};
+  for (int64_t j = 0; j < nc; ++j) {
+    const Element<T> e = P.element(r, col0 + j, s[j]);
+    terms[j] = e.active ? e.term : neg_inf<T>();
+    pos[j] = e.positive;
+    o.ones += e.one ? T(1) : T(0);
+    o.bmax = std::max(o.bmax, element_max(e));
+    if (e.positive) {
+      o.n_pos += T(1);
+      o.pos_s += s[j];
+    }
+    o.has_neg = o.has_neg || e.negative;
+  }
+  return o;
+}
+
+// Fast paths, branch-free so that they vectorize: ConR agedb with scalar labels, and SupCon/focal. Each is the
+// header's conr_element / supcon_element written out for a whole run (the tests hold them to the generic path).
+template <typename T>
+__attribute__((always_inline)) inline RunSums<T> elements_conr_scalar_body(
+    const T* s, int64_t nc, const T* yc, const T* pc, T y, T pr, T log_w, T thr, T push, int64_t diag, T* terms,
+    uint8_t* pos) {
+  T bmax = neg_inf<T>(), ones = 0, n_pos = 0, pos_s = 0;
+  int has_neg = 0;
+#pragma omp simd reduction(max : bmax) reduction(+ : ones, n_pos, pos_s) reduction(| : has_neg)
+  for (int64_t j = 0; j < nc; ++j) {
+    const T ld = std::fabs(y - yc[j]);
+    const T pd = std::fabs(pr - pc[j]);
+    const bool is_pos = ld <= thr && j != diag;
+    const bool is_neg = ld > thr && pd <= thr;
+    const T t = is_pos ? s[j] : (is_neg ? s[j] + (log_w + push * ld) : neg_inf<T>());
+    terms[j] = t;
+    pos[j] = is_pos;
+    ones += is_pos ? T(0) : T(1);
+    n_pos += is_pos ? T(1) : T(0);
+    pos_s += is_pos ? s[j] : T(0);
+    has_neg |= is_neg ? 1 : 0;
+    bmax = std::max(bmax, is_pos ? t : std::max(t, T(0)));
+  }
+  return RunSums<T>{bmax, ones, n_pos, pos_s, has_neg != 0};
+}
+
+template <typename T>
+__attribute__((always_inline)) inline RunSums<T> elements_supcon_body(const T* s, int64_t nc, const int64_t* lc,
+                                                                     int64_t label, int64_t diag, T* terms,
+                                                                     uint8_t* pos) {
+  T bmax = neg_inf<T>(), n_pos = 0, pos_s = 0;
+#pragma omp simd reduction(max : bmax) reduction(+ : n_pos, pos_s)
+  for (int64_t j = 0; j < nc; ++j) {
+    const bool is_diag = j == diag;
+    const bool is_pos = lc[j] == label && !is_diag;
+    const T t = is_diag ? neg_inf<T>() : s[j];
+    terms[j] = t;
+    pos[j] = is_pos;
+    n_pos += is_pos ? T(1) : T(0);
+    pos_s += is_pos ? s[j] : T(0);
+    bmax = std::max(bmax, t);
+  }
+  return RunSums<T>{bmax, 0, n_pos, pos_s, false};
+}
+
+#ifdef REGOPS_HAVE_X86_SIMD
+template <typename T>
+REGOPS_AVX2 RunSums<T> elements_conr_scalar_avx2(const T* s, int64_t nc, const T* yc, const T* pc, T y, T pr, T log_w,
+                                                 T thr, T push, int64_t diag, T* terms, uint8_t* pos) {
+  return elements_conr_scalar_body(s, nc, yc, pc, y, pr, log_w, thr, push, diag, terms, pos);
+}
+template <typename T>
+REGOPS_AVX2 RunSums<T> elements_supcon_avx2(const T* s, int64_t nc, const int64_t* lc, int64_t label, int64_t diag,
+                                            T* terms, uint8_t* pos) {
+  return elements_supcon_body(s, nc, lc, label, diag, terms, pos);
+}
+#endif
+
+// Fills terms[] and pos[] for the elements (r, col0 .. col0 + nc) and returns their sums.
+template <typename T>
+RunSums<T> row_elements(const Problem<T>& P, int64_t r, int64_t col0, int64_t nc, const T* s, T* terms,
+                        uint8_t* pos) {
+  const int64_t diag = P.offset + r - col0;  // index of the diagonal within the run (maybe outside it)
+  const bool simd = simd::has_avx2_fma();
+  if (P.kind == kConrAgedb && P.len == 1) {
+    const T log_w = log_(P.wa[r]);
+#ifdef REGOPS_HAVE_X86_SIMD
+    if (simd)
+      return elements_conr_scalar_avx2(s, nc, P.yc + col0, P.pc + col0, P.ya[r], P.pa[r], log_w, P.conr.threshold,
+                                       P.conr.push, diag, terms, pos);
+#endif
+    return elements_conr_scalar_body(s, nc, P.yc + col0, P.pc + col0, P.ya[r], P.pa[r], log_w, P.conr.threshold,
+                                     P.conr.push, diag, terms, pos);
+  }
+  if (!is_conr(P.kind)) {
+#ifdef REGOPS_HAVE_X86_SIMD
+    if (simd) return elements_supcon_avx2(s, nc, P.lc + col0, P.la[r], diag, terms, pos);
+#endif
+    return elements_supcon_body(s, nc, P.lc + col0, P.la[r], diag, terms, pos);
+  }
+  return elements_generic(P, r, col0, nc, s, terms, pos);
+}
+
+// Folds the elements (r, col0 .. col0 + ncols) with similarities s[] into the row statistics of r.
+template <typename T>
+void row_forward(const Problem<T>& P, int64_t r, int64_t col0, int64_t ncols, const T* s, RowAcc<T>& acc,
+                 Scratch<T>& w) {
+  const RunSums<T> o = row_elements(P, r, col0, ncols, s, w.terms.data(), w.pos.data());
+  if (o.bmax > acc.m) row_rescale(acc, o.bmax);
+  if (acc.m != neg_inf<T>()) {
+    acc.sum += simd::exp_shift_sum(w.terms.data(), ncols, acc.m) + (o.ones > 0 ? o.ones * exp_(-acc.m) : T(0));
+    if (P.kind == kFocal && o.n_pos > 0) {
+      for (int64_t j = 0; j < ncols; ++j) {
+        if (!w.pos[j]) continue;
+        const T x = exp_(s[j] - acc.m);
+        acc.pos_e += x;
+        acc.pos_es += x * (s[j] - acc.m);
+      }
+    }
+  }
+  acc.n_pos += o.n_pos;
+  acc.pos_s += o.pos_s;
+  acc.has_neg = acc.has_neg || o.has_neg;
+}
+
+// out[j] = g · dℓ_r/ds_{r, col0 + j}  (dloss_ds_exp of the header, with e^{term − L} from one vector pass).
+template <typename T>
+void row_backward(const Problem<T>& P, int64_t r, int64_t col0, int64_t ncols, const T* s, const T* stats, T g,
+                  T* out, Scratch<T>& w) {
+  const T L = stats[0], alpha = stats[1], beta = stats[2];
+  const bool focal = P.kind == kFocal;
+  if (g == T(0) || (alpha == T(0) && beta == T(0) && (!focal || stats[3] == T(0)))) {
+    std::fill(out, out + ncols, T(0));
+    return;
+  }
+  row_elements(P, r, col0, ncols, s, w.terms.data(), w.pos.data());
+  simd::exp_shift(w.terms.data(), out, ncols, L);  // e^{term − L}; 0 where inactive
+  const uint8_t* pos = w.pos.data();
+  if (focal) {  // active = not the diagonal and term = s there, so e^{s − L} is out[j] itself
+#pragma omp simd
+    for (int64_t j = 0; j < ncols; ++j) {
+      const T ex = out[j], x = s[j] - L;
+      out[j] = g * (alpha * ex + (pos[j] ? (T(1) - ex) - x * ex : T(0)));
+    }
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < ncols; ++j) out[j] = g * (alpha * out[j] - (pos[j] ? beta : T(0)));
+  }
+}
+
+int64_t pick_block(int64_t rows, int threads) {
+  int64_t bs = 128;
+  while (bs > 16 && (rows + bs - 1) / bs < 2 * threads) bs /= 2;
+  return bs;
+}
+
+// Rounds of the circle method over B blocks: every unordered pair {I, J}, I ≠ J, exactly once, and no block
+// twice within a round. Round 0 holds the diagonal tiles.
+std::vector<std::vector<std::pair<int64_t, int64_t>>> symmetric_rounds(int64_t B) {
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> rounds(1);
+  for (int64_t i = 0; i < B; ++i) rounds[0].emplace_back(i, i);
+  const int64_t P = B % 2 == 0 ? B : B + 1;  // with odd B, block B is a bye
+  for (int64_t r = 0; r + 1 < P; ++r) {
+    std::vector<std::pair<int64_t, int64_t>> round;
+    for (int64_t k = 0; k < P / 2; ++k) {
+      const int64_t x = k == 0 ? P - 1 : (r + k) % (P - 1);
+      const int64_t y = k == 0 ? r : (r - k + (P - 1)) % (P - 1);
+      if (x < B && y < B) round.emplace_back(std::max(x, y), std::min(x, y));
+    }
+    if (!round.empty()) rounds.push_back(std::move(round));
+  }
+  return rounds;
+}
+
+// Rounds over the rectangular grid BI × BJ with disjoint row blocks and disjoint column blocks per round.
+std::vector<std::vector<std::pair<int64_t, int64_t>>> rectangular_rounds(int64_t BI, int64_t BJ) {
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> rounds;
+  const int64_t big = std::max(BI, BJ), small = std::min(BI, BJ);
+  for (int64_t k = 0; k < big; ++k) {
+    std::vector<std::pair<int64_t, int64_t>> round;
+    for (int64_t x = 0; x < small; ++x)
+      round.emplace_back(BI <= BJ ? std::make_pair(x, (x + k) % BJ) : std::make_pair((x + k) % BI, x));
+    rounds.push_back(std::move(round));
+  }
+  return rounds;
+}
+
+template <typename T, typename F>
+void run_rounds(const std::vector<std::vector<std::pair<int64_t, int64_t>>>& rounds, int threads, int64_t bs,
+                const F& tile) {
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    Scratch<T> w(bs);
+    for (const auto& round : rounds) {
+      const int64_t count = static_cast<int64_t>(round.size());
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t t = 0; t < count; ++t) tile(round[t].first, round[t].second, w);
+    }
+  }
+}
+
+template <typename T>
+struct ForwardTile {
+  const Problem<T>& P;
+  int64_t bs;
+  RowAcc<T>* acc;
+  void operator()(int64_t I, int64_t J, Scratch<T>& w) const {
+    const int64_t i0 = I * bs, i1 = std::min(P.n, i0 + bs), j0 = J * bs, j1 = std::min(P.m, j0 + bs);
+    const int64_t bi = i1 - i0, bj = j1 - j0;
+    gemm_xyt(bi, bj, P.d, P.inv_tau, P.a + i0 * P.d, P.c + j0 * P.d, w.s.data());
+    for (int64_t r = i0; r < i1; ++r) row_forward(P, r, j0, bj, w.s.data() + (r - i0) * bj, acc[r], w);
+    if (P.symmetric && I != J) {  // the same tile, transposed, for the rows of J
+      transpose(w.s.data(), bi, bj, w.st.data());
+      for (int64_t r = j0; r < j1; ++r) row_forward(P, r, i0, bi, w.st.data() + (r - j0) * bi, acc[r], w);
+    }
+  }
+};
+
+template <typename T>
+struct BackwardTile {
+  const Problem<T>& P;
+  int64_t bs;
+  const T* stats;
+  const T* g;
+  T* grad_a;
+  T* grad_c;
+  void operator()(int64_t I, int64_t J, Scratch<T>& w) const {
+    const int64_t i0 = I * bs, i1 = std::min(P.n, i0 + bs), j0 = J * bs, j1 = std::min(P.m, j0 + bs);
+    const int64_t bi = i1 - i0, bj = j1 - j0, d = P.d;
+    T* S = w.s.data();
+    T* E = w.d1.data();
+    gemm_xyt(bi, bj, d, P.inv_tau, P.a + i0 * d, P.c + j0 * d, S);
+    for (int64_t r = i0; r < i1; ++r)
+      row_backward(P, r, j0, bj, S + (r - i0) * bj, stats + r * kRowStats, g[r], E + (r - i0) * bj, w);
+    if (!P.symmetric) {
+      gemm_acc_ey(bi, bj, d, P.inv_tau, E, P.c + j0 * d, grad_a + i0 * d);
+      gemm_acc_ety(bj, bi, d, P.inv_tau, E, P.a + i0 * d, grad_c + j0 * d);
+      return;
+    }
+    if (I == J) {  // E = dS + dSᵀ inside the diagonal tile
+      for (int64_t i = 0; i < bi; ++i) {
+        E[i * bi + i] *= T(2);
+        for (int64_t j = 0; j < i; ++j) {
+          const T v = E[i * bi + j] + E[j * bi + i];
+          E[i * bi + j] = v;
+          E[j * bi + i] = v;
+        }
+      }
+      gemm_acc_ey(bi, bi, d, P.inv_tau, E, P.a + i0 * d, grad_a + i0 * d);
+      return;
+    }
+    // dS of the rows of J against the columns of I, from the transposed tile; E = dS_IJ + (dS_JI)ᵀ.
+    transpose(S, bi, bj, w.st.data());
+    T* EJ = w.d2.data();
+    for (int64_t r = j0; r < j1; ++r)
+      row_backward(P, r, i0, bi, w.st.data() + (r - j0) * bi, stats + r * kRowStats, g[r], EJ + (r - j0) * bi, w);
+    for (int64_t i = 0; i < bi; ++i)
+      for (int64_t j = 0; j < bj; ++j) E[i * bj + j] += EJ[j * bi + i];
+    gemm_acc_ey(bi, bj, d, P.inv_tau, E, P.a + j0 * d, grad_a + i0 * d);
+    gemm_acc_ety(bj, bi, d, P.inv_tau, E, P.a + i0 * d, grad_a + j0 * d);
+  }
+};
+
+// ---- argument checks and the torch-facing ops ----
+
+struct Inputs {
+  at::Tensor a, c, ya, yc, pa, pc, wa;
+};
+
+Inputs check_inputs(const at::Tensor& anchors, const std::optional<at::Tensor>& candidates, const at::Tensor& labels,
+                    const std::optional<at::Tensor>& cand_labels, const std::optional<at::Tensor>& preds,
+                    const std::optional<at::Tensor>& cand_preds, const std::optional<at::Tensor>& weights, int64_t kind,
+                    int64_t offset, double temperature) {
+  check_dim(kOp, "anchors", anchors, 2);
+  check_device(kOp, "anchors", anchors, c10::DeviceType::CPU);
+  REGOPS_CHECK_TYPE(anchors.scalar_type() == at::kFloat || anchors.scalar_type() == at::kDouble, kOp, "anchors",
+                    "dtype float32 or float64 (normalized rows in the accumulation dtype)", describe(anchors));
+  REGOPS_CHECK_VALUE(kind >= 0 && kind <= 3, kOp, "kind", "0 (ConR agedb), 1 (ConR nyud2), 2 (SupCon) or 3 (focal)",
+                     kind);
+  REGOPS_CHECK_VALUE(temperature > 0 && std::isfinite(temperature), kOp, "temperature", "a positive finite number",
+                     temperature);
+  REGOPS_CHECK_VALUE(anchors.size(1) >= 1, kOp, "anchors", "at least one column", describe(anchors));
+  const int64_t n = anchors.size(0), d = anchors.size(1);
+  Inputs in;
+  in.a = anchors.contiguous();
+  in.c = in.a;
+  if (candidates.has_value()) {
+    const auto& c = *candidates;
+    check_dim(kOp, "candidates", c, 2);
+    REGOPS_CHECK_VALUE(c.size(1) == d && c.scalar_type() == anchors.scalar_type() && c.device() == anchors.device(),
+                       kOp, "candidates", "(M, " + std::to_string(d) + ") rows like anchors", describe(c));
+    REGOPS_CHECK_VALUE(offset >= 0 && offset + n <= c.size(0), kOp, "offset",
+                       "anchors to sit at candidates[offset : offset + n]", offset);
+    in.c = c.contiguous();
+  } else {
+    REGOPS_CHECK_VALUE(offset == 0, kOp, "offset", "0 when candidates is None", offset);
+  }
+  const int64_t m = in.c.size(0);
+  const bool conr = is_conr(static_cast<int>(kind));
+  auto target = [&](const char* arg, const at::Tensor& t, int64_t rows, const at::Tensor* like) {
+    if (conr) {
+      check_dim(kOp, arg, t, 2);
+      REGOPS_CHECK_VALUE(t.size(0) == rows && t.scalar_type() == anchors.scalar_type() && t.device() == anchors.device()
+                         && (like == nullptr || t.size(1) == like->size(1)),
+                         kOp, arg, "(" + std::to_string(rows) + ", L) rows of dtype " +
+                         std::string(c10::toString(anchors.scalar_type())) + " on the anchors' device", describe(t));
+    } else {
+      check_dim(kOp, arg, t, 1);
+      REGOPS_CHECK_VALUE(t.size(0) == rows && t.scalar_type() == at::kLong && t.device() == anchors.device(), kOp, arg,
+                         "(" + std::to_string(rows) + ",) int64 class ids on the anchors' device", describe(t));
+    }
+    return t.contiguous();
+  };
+  in.ya = target("labels", labels, n, nullptr);
+  in.yc = candidates.has_value() ? target("cand_labels", cand_labels.value_or(at::Tensor()), m, &in.ya) : in.ya;
+  if (candidates.has_value())
+    REGOPS_CHECK_VALUE(cand_labels.has_value(), kOp, "cand_labels", "a tensor when candidates is given", "None");
+  if (conr) {
+    REGOPS_CHECK_VALUE(preds.has_value() && weights.has_value(), kOp, "preds", "preds and weights for ConR", "None");
+    in.pa = target("preds", *preds, n, &in.ya);
+    if (candidates.has_value()) {
+      REGOPS_CHECK_VALUE(cand_preds.has_value(), kOp, "cand_preds", "a tensor when candidates is given", "None");
+      in.pc = target("cand_preds", *cand_preds, m, &in.ya);
+    } else {
+      in.pc = in.pa;
+    }
+    const auto& w = *weights;
+    REGOPS_CHECK_VALUE(w.dim() == 1 && w.size(0) == n && w.scalar_type() == anchors.scalar_type(), kOp, "weights",
+                       "(" + std::to_string(n) + ",) of the anchors' dtype", describe(w));
+    in.wa = w.contiguous();
+  }
+  return in;
+}
+
+template <typename T>
+Problem<T> make_problem(const Inputs& in, bool symmetric, int64_t kind, int64_t offset, double temperature,
+                        double threshold, double push, double label_norm) {
+  Problem<T> P;
+  P.n = in.a.size(0);
+  P.m = in.c.size(0);
+  P.d = in.a.size(1);
+  P.a = in.a.data_ptr<T>();
+  P.c = in.c.data_ptr<T>();
+  P.kind = static_cast<int>(kind);
+  P.offset = offset;
+  P.inv_tau = static_cast<T>(1.0 / temperature);
+  P.p = static_cast<T>(label_norm);
+  P.conr = ConrParams<T>{static_cast<T>(threshold), static_cast<T>(push)};
+  P.symmetric = symmetric;
+  P.ya = P.yc = P.pa = P.pc = P.wa = nullptr;
+  P.la = P.lc = nullptr;
+  if (is_conr(P.kind)) {
+    P.len = in.ya.size(1);
+    P.ya = in.ya.data_ptr<T>();
+    P.yc = in.yc.data_ptr<T>();
+    P.pa = in.pa.data_ptr<T>();
+    P.pc = in.pc.data_ptr<T>();
+    P.wa = in.wa.data_ptr<T>();
+  } else {
+    P.len = 1;
+    P.la = in.ya.data_ptr<int64_t>();
+    P.lc = in.yc.data_ptr<int64_t>();
+  }
+  return P;
+}
+
+std::tuple<at::Tensor, at::Tensor> contrastive_fwd_cpu(
+    const at::Tensor& anchors, const std::optional<at::Tensor>& candidates, const at::Tensor& labels,
+    const std::optional<at::Tensor>& cand_labels, const std::optional<at::Tensor>& preds,
+    const std::optional<at::Tensor>& cand_preds, const std::optional<at::Tensor>& weights, int64_t kind, int64_t offset,
+    double temperature, double threshold, double push, double label_norm) {
+  const Inputs in = check_inputs(anchors, candidates, labels, cand_labels, preds, cand_preds, weights, kind, offset,
+                                 temperature);
+  const int64_t n = in.a.size(0);
+  auto row_loss = at::empty({n}, in.a.options());
+  auto row_stats = at::empty({n, kRowStats}, in.a.options());
+  if (n == 0) return {row_loss, row_stats};
+  AT_DISPATCH_FLOATING_TYPES(in.a.scalar_type(), "contrastive_fwd_cpu", [&] {
+    const auto P = make_problem<scalar_t>(in, !candidates.has_value(), kind, offset, temperature, threshold, push,
+                                          label_norm);
+    const int threads = at::get_num_threads();
+    const int64_t bs = pick_block(P.n, threads);
+    const int64_t BI = (P.n + bs - 1) / bs, BJ = (P.m + bs - 1) / bs;
+    std::vector<RowAcc<scalar_t>> acc(P.n, row_init<scalar_t>());
+    const ForwardTile<scalar_t> tile{P, bs, acc.data()};
+    // Rounds keep the row blocks of concurrent tiles disjoint, so the row statistics need no locks.
+    run_rounds<scalar_t>(P.symmetric ? symmetric_rounds(BI) : rectangular_rounds(BI, BJ), threads, bs, tile);
+    auto* loss = row_loss.data_ptr<scalar_t>();
+    auto* stats = row_stats.data_ptr<scalar_t>();
+    at::parallel_for(0, P.n, 1024, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) loss[r] = row_finish(P.kind, acc[r], stats + r * kRowStats);
+    });
+  });
+  return {row_loss, row_stats};
+}
+
+std::tuple<at::Tensor, at::Tensor> contrastive_bwd_cpu(
+    const at::Tensor& grad_row_loss, const at::Tensor& anchors, const std::optional<at::Tensor>& candidates,
+    const at::Tensor& labels, const std::optional<at::Tensor>& cand_labels, const std::optional<at::Tensor>& preds,
+    const std::optional<at::Tensor>& cand_preds, const std::optional<at::Tensor>& weights, const at::Tensor& row_stats,
+    int64_t kind, int64_t offset, double temperature, double threshold, double push, double label_norm) {
+  const Inputs in = check_inputs(anchors, candidates, labels, cand_labels, preds, cand_preds, weights, kind, offset,
+                                 temperature);
+  const int64_t n = in.a.size(0), d = in.a.size(1);
+  REGOPS_CHECK_VALUE(grad_row_loss.dim() == 1 && grad_row_loss.size(0) == n && grad_row_loss.device() == anchors.device(),
+                     "contrastive_bwd", "grad_row_loss", "shape (" + std::to_string(n) + ",) on the anchors' device",
+                     describe(grad_row_loss));
+  REGOPS_CHECK_VALUE(row_stats.dim() == 2 && row_stats.size(0) == n && row_stats.size(1) == kRowStats &&
+                     row_stats.scalar_type() == anchors.scalar_type(),
+                     "contrastive_bwd", "row_stats", "shape (" + std::to_string(n) + ", 4) of the anchors' dtype",
+                     describe(row_stats));
+  const auto g = grad_row_loss.to(anchors.scalar_type()).contiguous();
+  const auto stats_c = row_stats.contiguous();
+  auto grad_a = at::zeros_like(in.a);
+  auto grad_c = candidates.has_value() ? at::zeros_like(in.c) : at::empty({0, d}, in.a.options());
+  if (n == 0) return {grad_a, grad_c};
+  AT_DISPATCH_FLOATING_TYPES(in.a.scalar_type(), "contrastive_bwd_cpu", [&] {
+    const auto P = make_problem<scalar_t>(in, !candidates.has_value(), kind, offset, temperature, threshold, push,
+                                          label_norm);
+    const int threads = at::get_num_threads();
+    const int64_t bs = pick_block(P.n, threads);
+    const int64_t BI = (P.n + bs - 1) / bs, BJ = (P.m + bs - 1) / bs;
+    const BackwardTile<scalar_t> tile{P, bs, stats_c.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
+                                      grad_a.data_ptr<scalar_t>(),
+                                      P.symmetric ? nullptr : grad_c.data_ptr<scalar_t>()};
+    // Rounds keep both the row and the column blocks of concurrent tiles disjoint: lock-free accumulation.
+    run_rounds<scalar_t>(P.symmetric ? symmetric_rounds(BI) : rectangular_rounds(BI, BJ), threads, bs, tile);
+  });
+  return {grad_a, grad_c};
+}
+
+}  // namespace
+}  // namespace regops
+
+TORCH_LIBRARY_IMPL(regops, CPU, m) {
+  m.impl("contrastive_fwd", &regops::contrastive_fwd_cpu);
+  m.impl("contrastive_bwd", &regops::contrastive_bwd_cpu);
+}

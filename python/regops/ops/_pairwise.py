@@ -1,0 +1,168 @@
+"""The pairwise contrastive engine behind conr_loss, supcon_loss and focal_supcon_loss.
+
+Every impl computes per-anchor losses ℓ_i (and |P_i|) from L2-normalized rows; this module normalizes,
+gathers candidates across ranks, picks the impl and reduces ℓ to the loss. The kernels
+(``regops::contrastive_fwd``/``_bwd`` on CPU and CUDA, ``..._triton``) stream the similarity in tiles and
+save only row_stats (n, 4) for the backward; the reference (reference/pairwise.py) materializes N×M.
+
+Across ranks (``process_group``): anchors are the local rows, candidates the rows of all ranks, gathered
+with their gradient (torch.distributed.nn.functional.all_gather sends it back to the owner). Each rank's
+loss is its share, scaled so that the mean over ranks (what DDP's gradient averaging computes) equals the
+loss of one process over the concatenated batch.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+
+from .. import _checks
+from .._loader import has_compiled_ops, resolve_impl, triton_available
+from ..reference import pairwise as reference
+from ..reference.orthonormal import acc_dtype  # noqa: F401  (re-exported for the op modules)
+
+CONR_AGEDB, CONR_NYUD2, SUPCON, FOCAL = 0, 1, 2, 3
+KERNELS = {"cpu": "contrastive_fwd", "cuda": "contrastive_fwd", "triton": "contrastive_fwd_triton"}
+ROW_STATS = 4  # [L, alpha, beta, |P|]
+
+
+def _fake_fwd(anchors, candidates, labels, cand_labels, preds, cand_preds, weights, kind, offset, temperature,
+              threshold, push, label_norm):
+    n = anchors.shape[0]
+    return anchors.new_empty((n,)), anchors.new_empty((n, ROW_STATS))
+
+
+def _fake_bwd(grad_row_loss, anchors, candidates, labels, cand_labels, preds, cand_preds, weights, row_stats, kind,
+              offset, temperature, threshold, push, label_norm):
+    grad_c = torch.empty_like(candidates) if candidates is not None else anchors.new_empty((0, anchors.shape[1]))
+    return torch.empty_like(anchors), grad_c
+
+
+def _setup_context(ctx, inputs, output):
+    (anchors, candidates, labels, cand_labels, preds, cand_preds, weights, *scalars) = inputs
+    _, row_stats = output
+    ctx.save_for_backward(anchors, candidates, labels, cand_labels, preds, cand_preds, weights, row_stats)
+    ctx.scalars = scalars
+    ctx.mark_non_differentiable(row_stats)
+
+
+def _make_backward(bwd_op):
+    def backward(ctx, grad_row_loss, _grad_row_stats):
+        anchors, candidates, labels, cand_labels, preds, cand_preds, weights, row_stats = ctx.saved_tensors
+        nones = (None,) * (5 + len(ctx.scalars))
+        if grad_row_loss is None:
+            return (None, None) + nones
+        grad_a, grad_c = bwd_op(grad_row_loss.contiguous(), anchors, candidates, labels, cand_labels, preds,
+                                cand_preds, weights, row_stats, *ctx.scalars)
+        return (grad_a, grad_c if candidates is not None else None) + nones
+    return backward
+
+
+def _schema_registered(name: str) -> bool:
+    try:
+        getattr(torch.ops.regops, name)
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
+if has_compiled_ops() and _schema_registered("contrastive_fwd"):  # an older _C build lacks them
+    torch.library.register_fake("regops::contrastive_fwd")(_fake_fwd)
+    torch.library.register_fake("regops::contrastive_bwd")(_fake_bwd)
+    torch.library.register_autograd("regops::contrastive_fwd",
+                                    _make_backward(lambda *a: torch.ops.regops.contrastive_bwd(*a)),
+                                    setup_context=_setup_context)
+
+if triton_available() and importlib.util.find_spec("regops.triton.contrastive") is not None:
+    from ..triton import contrastive as _triton_contrastive  # noqa: F401  (registers the triton ops)
+
+    torch.library.register_autograd("regops::contrastive_fwd_triton",
+                                    _make_backward(lambda *a: torch.ops.regops.contrastive_bwd_triton(*a)),
+                                    setup_context=_setup_context)
+
+
+@torch._dynamo.assume_constant_result
+def _pick(op: str, impl, device_type: str) -> str:
+    return resolve_impl(op, impl, torch.device(device_type), KERNELS)
+
+
+def _world(process_group):
+    import torch.distributed as dist
+    return dist.get_world_size(process_group), dist.get_rank(process_group)
+
+
+def _gather(t: torch.Tensor, process_group, *, grad: bool) -> torch.Tensor:
+    import torch.distributed as dist
+    if grad:
+        from torch.distributed.nn.functional import all_gather
+        return torch.cat(all_gather(t.contiguous(), group=process_group))
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size(process_group))]
+    dist.all_gather(parts, t.contiguous(), group=process_group)
+    return torch.cat(parts)
+
+
+def _check_equal_sizes(op: str, n: int, process_group) -> None:
+    import torch.distributed as dist
+    if torch.compiler.is_compiling():
+        return
+    device = "cuda" if dist.get_backend(process_group) == "nccl" else "cpu"
+    sizes = _gather(torch.tensor([n], device=device), process_group, grad=False).tolist()
+    if len(set(sizes)) != 1:
+        _checks.fail(op, "features", "the same number of rows on every rank of process_group",
+                     f"rows per rank {sizes}")
+
+
+def row_losses(op: str, kind: int, features: torch.Tensor, labels: torch.Tensor, preds, weights, *,
+               temperature: float, threshold: float = 0.0, push: float = 0.0, label_norm: float = 2.0,
+               process_group=None, impl=None):
+    """Per-anchor losses ℓ (n,) and |P| (n,) of the local rows, plus (world size, candidates M).
+
+    labels/preds: (n, L) in the accumulation dtype for ConR, (n,) int64 for SupCon; weights (n,) or None."""
+    chosen = _pick(op, impl, features.device.type)
+    acc = acc_dtype(features.dtype)
+    z = F.normalize(features.to(acc), dim=1)
+    n = z.shape[0]
+    world, offset = 1, 0
+    zc = lc = pc = None
+    if process_group is not None:
+        world, rank = _world(process_group)
+        _check_equal_sizes(op, n, process_group)
+        offset = rank * n
+        zc = _gather(z, process_group, grad=True)
+        lc = _gather(labels, process_group, grad=False)
+        pc = _gather(preds, process_group, grad=False) if preds is not None else None
+    m = n if zc is None else zc.shape[0]
+    if weights is None and kind in (CONR_AGEDB, CONR_NYUD2):
+        weights = torch.ones(n, dtype=acc, device=features.device)
+
+    if chosen == "reference":
+        za_c, lc_r, pc_r = (z, labels, preds) if zc is None else (zc, lc, pc)
+        if kind in (CONR_AGEDB, CONR_NYUD2):
+            rows, n_pos = reference.conr_rows(z, za_c, offset, labels, lc_r, preds, pc_r, weights,
+                                              nyud2=kind == CONR_NYUD2, temperature=temperature,
+                                              threshold=threshold, push=push, label_norm=label_norm)
+        else:
+            rows, n_pos = reference.supcon_rows(z, za_c, offset, labels, lc_r, temperature=temperature,
+                                                focal=kind == FOCAL)
+        return rows, n_pos.to(acc), world, m
+
+    fwd = torch.ops.regops.contrastive_fwd_triton if chosen == "triton" else torch.ops.regops.contrastive_fwd
+    rows, stats = fwd(z, zc, labels, lc, preds, pc, weights, kind, offset, float(temperature), float(threshold),
+                      float(push), float(label_norm))
+    return rows, stats[:, 3], world, m
+
+
+def reduce_loss(kind: int, rows, n_pos, weights, world: int, m: int, process_group=None) -> torch.Tensor:
+    """The loss of the local anchors from their per-anchor losses (see the module docstring for ranks)."""
+    n = rows.shape[0]
+    if kind == CONR_AGEDB and weights is not None:
+        return (weights.to(rows.dtype) * rows).sum() / n
+    if kind == FOCAL:
+        anchors = (n_pos > 0).sum()
+        if process_group is not None:
+            import torch.distributed as dist
+            anchors = anchors.clone()
+            dist.all_reduce(anchors, group=process_group)
+        return -world * rows.sum() / (m * anchors.clamp_min(1).to(rows.dtype))
+    return rows.sum() / n
