@@ -53,6 +53,7 @@ class Case:
     parts: tuple = ()
     skip: Optional[str] = None      # why it cannot run here (unavailable impl); recorded, not run
     memory: bool = True             # measure its peak memory (False for rows that are not an op)
+    min_reps: Optional[int] = None  # fewer timed repetitions than the default (minute-long cases)
     note: str = ""
 
     @property
@@ -176,7 +177,8 @@ def time_group(cases: list[Case], device: torch.device, quick: bool) -> list[Res
             while spent < warm_ms and len(warm) < 5:  # the first call may be compilation: not an estimate
                 warm.append(_one_rep(r.case, state, time_ms))
                 spent += warm[-1]
-            live.append([r, state, max(min_reps, min(max_reps, int(budget_ms / max(min(warm), 1e-3))))])
+            floor = min_reps if r.case.min_reps is None else min(min_reps, r.case.min_reps)
+            live.append([r, state, max(floor, min(max_reps, int(budget_ms / max(min(warm), 1e-3))))])
         except Exception as exc:  # one failing provider must not end the run
             r.status = _error(exc)
     gc.collect()

@@ -17,7 +17,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -29,7 +31,6 @@ namespace regops {
 namespace {
 
 using namespace contrastive;
-constexpr const char* kOp = "contrastive_fwd";
 
 template <typename T>
 struct Problem {
@@ -38,6 +39,7 @@ struct Problem {
   const T* c;            // candidates (m, d); the anchors when symmetric
   const T *ya, *yc, *pa, *pc, *wa;
   const int64_t *la, *lc;
+  const int32_t *la32, *lc32;  // SupCon labels as dense ids (equal labels, equal ids), for 8-lane compares
   int kind;
   int64_t offset;
   T inv_tau, p;
@@ -95,8 +97,7 @@ void transpose(const T* src, int64_t rows, int64_t cols, T* dst) {
 
 template <typename T>
 struct Scratch {
-  std::vector<T> s, st, d1, d2, terms;
-  std::vector<uint8_t> pos;
+  std::vector<T> s, st, d1, d2, terms, pos;
   explicit Scratch(int64_t bs) : s(bs * bs), st(bs * bs), d1(bs * bs), d2(bs * bs), terms(bs), pos(bs) {}
 };
 
@@ -110,12 +111,12 @@ struct RunSums {
 // Generic path: any kind, any label length, through the header's element functions.
 template <typename T>
 RunSums<T> elements_generic(const Problem<T>& P, int64_t r, int64_t col0, int64_t nc, const T* s, T* terms,
-                            uint8_t* pos) {
+                            T* pos) {
   RunSums<T> o{neg_inf<T>(), 0, 0, 0, false};
   for (int64_t j = 0; j < nc; ++j) {
     const Element<T> e = P.element(r, col0 + j, s[j]);
     terms[j] = e.active ? e.term : neg_inf<T>();
-    pos[j] = e.positive;
+    pos[j] = e.positive ? T(1) : T(0);
     o.ones += e.one ? T(1) : T(0);
     o.bmax = std::max(o.bmax, element_max(e));
     if (e.positive) {
@@ -127,15 +128,13 @@ RunSums<T> elements_generic(const Problem<T>& P, int64_t r, int64_t col0, int64_
   return o;
 }
 
-// Fast paths, branch-free so that they vectorize: ConR agedb with scalar labels, and SupCon/focal. Each is the
-// header's conr_element / supcon_element written out for a whole run (the tests hold them to the generic path).
+// Fast paths for the common cases, ConR agedb with scalar labels and SupCon/focal: the header's conr_element /
+// supcon_element written out for a whole run (the tests hold them to the reference, with and without AVX2).
+// pos[] holds 0/1 in the compute dtype, so later passes use it arithmetically.
 template <typename T>
-__attribute__((always_inline)) inline RunSums<T> elements_conr_scalar_body(
-    const T* s, int64_t nc, const T* yc, const T* pc, T y, T pr, T log_w, T thr, T push, int64_t diag, T* terms,
-    uint8_t* pos) {
-  T bmax = neg_inf<T>(), ones = 0, n_pos = 0, pos_s = 0;
-  int has_neg = 0;
-#pragma omp simd reduction(max : bmax) reduction(+ : ones, n_pos, pos_s) reduction(| : has_neg)
+RunSums<T> elements_conr_scalar(const T* s, int64_t nc, const T* yc, const T* pc, T y, T pr, T log_w, T thr, T push,
+                                int64_t diag, T* terms, T* pos) {
+  RunSums<T> o{neg_inf<T>(), 0, 0, 0, false};
   for (int64_t j = 0; j < nc; ++j) {
     const T ld = std::fabs(y - yc[j]);
     const T pd = std::fabs(pr - pc[j]);
@@ -143,69 +142,140 @@ __attribute__((always_inline)) inline RunSums<T> elements_conr_scalar_body(
     const bool is_neg = ld > thr && pd <= thr;
     const T t = is_pos ? s[j] : (is_neg ? s[j] + (log_w + push * ld) : neg_inf<T>());
     terms[j] = t;
-    pos[j] = is_pos;
-    ones += is_pos ? T(0) : T(1);
-    n_pos += is_pos ? T(1) : T(0);
-    pos_s += is_pos ? s[j] : T(0);
-    has_neg |= is_neg ? 1 : 0;
-    bmax = std::max(bmax, is_pos ? t : std::max(t, T(0)));
+    pos[j] = is_pos ? T(1) : T(0);
+    o.ones += is_pos ? T(0) : T(1);
+    o.n_pos += is_pos ? T(1) : T(0);
+    o.pos_s += is_pos ? s[j] : T(0);
+    o.has_neg = o.has_neg || is_neg;
+    o.bmax = std::max(o.bmax, is_pos ? t : std::max(t, T(0)));
   }
-  return RunSums<T>{bmax, ones, n_pos, pos_s, has_neg != 0};
+  return o;
 }
 
 template <typename T>
-__attribute__((always_inline)) inline RunSums<T> elements_supcon_body(const T* s, int64_t nc, const int64_t* lc,
-                                                                     int64_t label, int64_t diag, T* terms,
-                                                                     uint8_t* pos) {
-  T bmax = neg_inf<T>(), n_pos = 0, pos_s = 0;
-#pragma omp simd reduction(max : bmax) reduction(+ : n_pos, pos_s)
+RunSums<T> elements_supcon(const T* s, int64_t nc, const int32_t* lc, int32_t label, int64_t diag, T* terms, T* pos) {
+  RunSums<T> o{neg_inf<T>(), 0, 0, 0, false};
   for (int64_t j = 0; j < nc; ++j) {
     const bool is_diag = j == diag;
     const bool is_pos = lc[j] == label && !is_diag;
     const T t = is_diag ? neg_inf<T>() : s[j];
     terms[j] = t;
-    pos[j] = is_pos;
-    n_pos += is_pos ? T(1) : T(0);
-    pos_s += is_pos ? s[j] : T(0);
-    bmax = std::max(bmax, t);
+    pos[j] = is_pos ? T(1) : T(0);
+    o.n_pos += is_pos ? T(1) : T(0);
+    o.pos_s += is_pos ? s[j] : T(0);
+    o.bmax = std::max(o.bmax, t);
   }
-  return RunSums<T>{bmax, 0, n_pos, pos_s, false};
+  return o;
+}
+
+template <typename T>
+void merge_sums(RunSums<T>& a, const RunSums<T>& b) {
+  a.bmax = std::max(a.bmax, b.bmax);
+  a.ones += b.ones;
+  a.n_pos += b.n_pos;
+  a.pos_s += b.pos_s;
+  a.has_neg = a.has_neg || b.has_neg;
 }
 
 #ifdef REGOPS_HAVE_X86_SIMD
-template <typename T>
-REGOPS_AVX2 RunSums<T> elements_conr_scalar_avx2(const T* s, int64_t nc, const T* yc, const T* pc, T y, T pr, T log_w,
-                                                 T thr, T push, int64_t diag, T* terms, uint8_t* pos) {
-  return elements_conr_scalar_body(s, nc, yc, pc, y, pr, log_w, thr, push, diag, terms, pos);
+// Lanes j .. j+7 equal to `diag` (a run index; −1 when the diagonal is outside the run).
+REGOPS_AVX2 inline __m256 diag_mask(int64_t j, int32_t diag) {
+  const __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(j)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  return _mm256_castsi256_ps(_mm256_cmpeq_epi32(idx, _mm256_set1_epi32(diag)));
 }
-template <typename T>
-REGOPS_AVX2 RunSums<T> elements_supcon_avx2(const T* s, int64_t nc, const int64_t* lc, int64_t label, int64_t diag,
-                                            T* terms, uint8_t* pos) {
-  return elements_supcon_body(s, nc, lc, label, diag, terms, pos);
+
+REGOPS_AVX2 inline float hmax8(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+
+REGOPS_AVX2 RunSums<float> elements_conr_scalar_avx2(const float* s, int64_t nc, const float* yc, const float* pc,
+                                                     float y, float pr, float log_w, float thr, float push, int64_t diag,
+                                                     float* terms, float* pos) {
+  const __m256 vy = _mm256_set1_ps(y), vp = _mm256_set1_ps(pr), vthr = _mm256_set1_ps(thr);
+  const __m256 vpush = _mm256_set1_ps(push), vlogw = _mm256_set1_ps(log_w), one = _mm256_set1_ps(1.0f);
+  const __m256 zero = _mm256_setzero_ps(), ninf = _mm256_set1_ps(-INFINITY), absmask = _mm256_set1_ps(-0.0f);
+  const int32_t d32 = diag >= 0 && diag < nc ? static_cast<int32_t>(diag) : -1;
+  __m256 bmax = ninf, ones = zero, npos = zero, poss = zero, anyneg = zero;
+  int64_t j = 0;
+  for (; j + 8 <= nc; j += 8) {
+    const __m256 sv = _mm256_loadu_ps(s + j);
+    const __m256 ld = _mm256_andnot_ps(absmask, _mm256_sub_ps(vy, _mm256_loadu_ps(yc + j)));
+    const __m256 pd = _mm256_andnot_ps(absmask, _mm256_sub_ps(vp, _mm256_loadu_ps(pc + j)));
+    const __m256 is_pos = _mm256_andnot_ps(diag_mask(j, d32), _mm256_cmp_ps(ld, vthr, _CMP_LE_OQ));
+    const __m256 is_neg = _mm256_and_ps(_mm256_cmp_ps(ld, vthr, _CMP_GT_OQ), _mm256_cmp_ps(pd, vthr, _CMP_LE_OQ));
+    // s + (log w + push·ld), rounded as the reference rounds it: no fused multiply-add
+    const __m256 tneg = _mm256_add_ps(sv, _mm256_add_ps(vlogw, _mm256_mul_ps(vpush, ld)));
+    const __m256 t = _mm256_blendv_ps(_mm256_blendv_ps(ninf, tneg, is_neg), sv, is_pos);
+    _mm256_storeu_ps(terms + j, t);
+    const __m256 posf = _mm256_and_ps(is_pos, one);
+    _mm256_storeu_ps(pos + j, posf);
+    ones = _mm256_add_ps(ones, _mm256_andnot_ps(is_pos, one));
+    npos = _mm256_add_ps(npos, posf);
+    poss = _mm256_add_ps(poss, _mm256_and_ps(is_pos, sv));
+    anyneg = _mm256_or_ps(anyneg, is_neg);
+    bmax = _mm256_max_ps(bmax, _mm256_blendv_ps(_mm256_max_ps(t, zero), t, is_pos));
+  }
+  RunSums<float> o{hmax8(bmax), simd::Vec<float>::sum(ones), simd::Vec<float>::sum(npos), simd::Vec<float>::sum(poss),
+                   _mm256_movemask_ps(anyneg) != 0};
+  if (j < nc)
+    merge_sums(o, elements_conr_scalar(s + j, nc - j, yc + j, pc + j, y, pr, log_w, thr, push, diag - j, terms + j,
+                                       pos + j));
+  return o;
+}
+
+REGOPS_AVX2 RunSums<float> elements_supcon_avx2(const float* s, int64_t nc, const int32_t* lc, int32_t label,
+                                                int64_t diag, float* terms, float* pos) {
+  const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps(), ninf = _mm256_set1_ps(-INFINITY);
+  const __m256i vlab = _mm256_set1_epi32(label);
+  const int32_t d32 = diag >= 0 && diag < nc ? static_cast<int32_t>(diag) : -1;
+  __m256 bmax = ninf, npos = zero, poss = zero;
+  int64_t j = 0;
+  for (; j + 8 <= nc; j += 8) {
+    const __m256 sv = _mm256_loadu_ps(s + j);
+    const __m256 is_diag = diag_mask(j, d32);
+    const __m256 same = _mm256_castsi256_ps(
+        _mm256_cmpeq_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(lc + j)), vlab));
+    const __m256 is_pos = _mm256_andnot_ps(is_diag, same);
+    const __m256 t = _mm256_blendv_ps(sv, ninf, is_diag);
+    _mm256_storeu_ps(terms + j, t);
+    const __m256 posf = _mm256_and_ps(is_pos, one);
+    _mm256_storeu_ps(pos + j, posf);
+    npos = _mm256_add_ps(npos, posf);
+    poss = _mm256_add_ps(poss, _mm256_and_ps(is_pos, sv));
+    bmax = _mm256_max_ps(bmax, t);
+  }
+  RunSums<float> o{hmax8(bmax), 0.0f, simd::Vec<float>::sum(npos), simd::Vec<float>::sum(poss), false};
+  if (j < nc) merge_sums(o, elements_supcon(s + j, nc - j, lc + j, label, diag - j, terms + j, pos + j));
+  return o;
 }
 #endif
 
 // Fills terms[] and pos[] for the elements (r, col0 .. col0 + nc) and returns their sums.
 template <typename T>
-RunSums<T> row_elements(const Problem<T>& P, int64_t r, int64_t col0, int64_t nc, const T* s, T* terms,
-                        uint8_t* pos) {
+RunSums<T> row_elements(const Problem<T>& P, int64_t r, int64_t col0, int64_t nc, const T* s, T* terms, T* pos) {
   const int64_t diag = P.offset + r - col0;  // index of the diagonal within the run (maybe outside it)
-  const bool simd = simd::has_avx2_fma();
   if (P.kind == kConrAgedb && P.len == 1) {
     const T log_w = log_(P.wa[r]);
 #ifdef REGOPS_HAVE_X86_SIMD
-    if (simd)
-      return elements_conr_scalar_avx2(s, nc, P.yc + col0, P.pc + col0, P.ya[r], P.pa[r], log_w, P.conr.threshold,
-                                       P.conr.push, diag, terms, pos);
+    if constexpr (std::is_same_v<T, float>) {
+      if (simd::has_avx2_fma())
+        return elements_conr_scalar_avx2(s, nc, P.yc + col0, P.pc + col0, P.ya[r], P.pa[r], log_w, P.conr.threshold,
+                                         P.conr.push, diag, terms, pos);
+    }
 #endif
-    return elements_conr_scalar_body(s, nc, P.yc + col0, P.pc + col0, P.ya[r], P.pa[r], log_w, P.conr.threshold,
-                                     P.conr.push, diag, terms, pos);
+    return elements_conr_scalar(s, nc, P.yc + col0, P.pc + col0, P.ya[r], P.pa[r], log_w, P.conr.threshold,
+                                P.conr.push, diag, terms, pos);
   }
   if (!is_conr(P.kind)) {
 #ifdef REGOPS_HAVE_X86_SIMD
-    if (simd) return elements_supcon_avx2(s, nc, P.lc + col0, P.la[r], diag, terms, pos);
+    if constexpr (std::is_same_v<T, float>) {
+      if (simd::has_avx2_fma()) return elements_supcon_avx2(s, nc, P.lc32 + col0, P.la32[r], diag, terms, pos);
+    }
 #endif
-    return elements_supcon_body(s, nc, P.lc + col0, P.la[r], diag, terms, pos);
+    return elements_supcon(s, nc, P.lc32 + col0, P.la32[r], diag, terms, pos);
   }
   return elements_generic(P, r, col0, nc, s, terms, pos);
 }
@@ -220,7 +290,7 @@ void row_forward(const Problem<T>& P, int64_t r, int64_t col0, int64_t ncols, co
     acc.sum += simd::exp_shift_sum(w.terms.data(), ncols, acc.m) + (o.ones > 0 ? o.ones * exp_(-acc.m) : T(0));
     if (P.kind == kFocal && o.n_pos > 0) {
       for (int64_t j = 0; j < ncols; ++j) {
-        if (!w.pos[j]) continue;
+        if (w.pos[j] == T(0)) continue;
         const T x = exp_(s[j] - acc.m);
         acc.pos_e += x;
         acc.pos_es += x * (s[j] - acc.m);
@@ -244,21 +314,22 @@ void row_backward(const Problem<T>& P, int64_t r, int64_t col0, int64_t ncols, c
   }
   row_elements(P, r, col0, ncols, s, w.terms.data(), w.pos.data());
   simd::exp_shift(w.terms.data(), out, ncols, L);  // e^{term − L}; 0 where inactive
-  const uint8_t* pos = w.pos.data();
+  const T* pos = w.pos.data();
   if (focal) {  // active = not the diagonal and term = s there, so e^{s − L} is out[j] itself
 #pragma omp simd
     for (int64_t j = 0; j < ncols; ++j) {
       const T ex = out[j], x = s[j] - L;
-      out[j] = g * (alpha * ex + (pos[j] ? (T(1) - ex) - x * ex : T(0)));
+      out[j] = g * (alpha * ex + pos[j] * ((T(1) - ex) - x * ex));
     }
   } else {
 #pragma omp simd
-    for (int64_t j = 0; j < ncols; ++j) out[j] = g * (alpha * out[j] - (pos[j] ? beta : T(0)));
+    for (int64_t j = 0; j < ncols; ++j) out[j] = g * (alpha * out[j] - pos[j] * beta);
   }
 }
 
 int64_t pick_block(int64_t rows, int threads) {
-  int64_t bs = 128;
+  static const int64_t top = std::getenv("REGOPS_TUNE_BLOCK") ? std::atoll(std::getenv("REGOPS_TUNE_BLOCK")) : 128;
+  int64_t bs = top;
   while (bs > 16 && (rows + bs - 1) / bs < 2 * threads) bs /= 2;
   return bs;
 }
@@ -376,46 +447,46 @@ struct Inputs {
   at::Tensor a, c, ya, yc, pa, pc, wa;
 };
 
-Inputs check_inputs(const at::Tensor& anchors, const std::optional<at::Tensor>& candidates, const at::Tensor& labels,
+Inputs check_inputs(const char* op, const at::Tensor& anchors, const std::optional<at::Tensor>& candidates, const at::Tensor& labels,
                     const std::optional<at::Tensor>& cand_labels, const std::optional<at::Tensor>& preds,
                     const std::optional<at::Tensor>& cand_preds, const std::optional<at::Tensor>& weights, int64_t kind,
                     int64_t offset, double temperature) {
-  check_dim(kOp, "anchors", anchors, 2);
-  check_device(kOp, "anchors", anchors, c10::DeviceType::CPU);
-  REGOPS_CHECK_TYPE(anchors.scalar_type() == at::kFloat || anchors.scalar_type() == at::kDouble, kOp, "anchors",
+  check_dim(op, "anchors", anchors, 2);
+  check_device(op, "anchors", anchors, c10::DeviceType::CPU);
+  REGOPS_CHECK_TYPE(anchors.scalar_type() == at::kFloat || anchors.scalar_type() == at::kDouble, op, "anchors",
                     "dtype float32 or float64 (normalized rows in the accumulation dtype)", describe(anchors));
-  REGOPS_CHECK_VALUE(kind >= 0 && kind <= 3, kOp, "kind", "0 (ConR agedb), 1 (ConR nyud2), 2 (SupCon) or 3 (focal)",
+  REGOPS_CHECK_VALUE(kind >= 0 && kind <= 3, op, "kind", "0 (ConR agedb), 1 (ConR nyud2), 2 (SupCon) or 3 (focal)",
                      kind);
-  REGOPS_CHECK_VALUE(temperature > 0 && std::isfinite(temperature), kOp, "temperature", "a positive finite number",
+  REGOPS_CHECK_VALUE(temperature > 0 && std::isfinite(temperature), op, "temperature", "a positive finite number",
                      temperature);
-  REGOPS_CHECK_VALUE(anchors.size(1) >= 1, kOp, "anchors", "at least one column", describe(anchors));
+  REGOPS_CHECK_VALUE(anchors.size(1) >= 1, op, "anchors", "at least one column", describe(anchors));
   const int64_t n = anchors.size(0), d = anchors.size(1);
   Inputs in;
   in.a = anchors.contiguous();
   in.c = in.a;
   if (candidates.has_value()) {
     const auto& c = *candidates;
-    check_dim(kOp, "candidates", c, 2);
+    check_dim(op, "candidates", c, 2);
     REGOPS_CHECK_VALUE(c.size(1) == d && c.scalar_type() == anchors.scalar_type() && c.device() == anchors.device(),
-                       kOp, "candidates", "(M, " + std::to_string(d) + ") rows like anchors", describe(c));
-    REGOPS_CHECK_VALUE(offset >= 0 && offset + n <= c.size(0), kOp, "offset",
+                       op, "candidates", "(M, " + std::to_string(d) + ") rows like anchors", describe(c));
+    REGOPS_CHECK_VALUE(offset >= 0 && offset + n <= c.size(0), op, "offset",
                        "anchors to sit at candidates[offset : offset + n]", offset);
     in.c = c.contiguous();
   } else {
-    REGOPS_CHECK_VALUE(offset == 0, kOp, "offset", "0 when candidates is None", offset);
+    REGOPS_CHECK_VALUE(offset == 0, op, "offset", "0 when candidates is None", offset);
   }
   const int64_t m = in.c.size(0);
   const bool conr = is_conr(static_cast<int>(kind));
   auto target = [&](const char* arg, const at::Tensor& t, int64_t rows, const at::Tensor* like) {
     if (conr) {
-      check_dim(kOp, arg, t, 2);
+      check_dim(op, arg, t, 2);
       REGOPS_CHECK_VALUE(t.size(0) == rows && t.scalar_type() == anchors.scalar_type() && t.device() == anchors.device()
                          && (like == nullptr || t.size(1) == like->size(1)),
-                         kOp, arg, "(" + std::to_string(rows) + ", L) rows of dtype " +
+                         op, arg, "(" + std::to_string(rows) + ", L) rows of dtype " +
                          std::string(c10::toString(anchors.scalar_type())) + " on the anchors' device", describe(t));
     } else {
-      check_dim(kOp, arg, t, 1);
-      REGOPS_CHECK_VALUE(t.size(0) == rows && t.scalar_type() == at::kLong && t.device() == anchors.device(), kOp, arg,
+      check_dim(op, arg, t, 1);
+      REGOPS_CHECK_VALUE(t.size(0) == rows && t.scalar_type() == at::kLong && t.device() == anchors.device(), op, arg,
                          "(" + std::to_string(rows) + ",) int64 class ids on the anchors' device", describe(t));
     }
     return t.contiguous();
@@ -423,18 +494,18 @@ Inputs check_inputs(const at::Tensor& anchors, const std::optional<at::Tensor>& 
   in.ya = target("labels", labels, n, nullptr);
   in.yc = candidates.has_value() ? target("cand_labels", cand_labels.value_or(at::Tensor()), m, &in.ya) : in.ya;
   if (candidates.has_value())
-    REGOPS_CHECK_VALUE(cand_labels.has_value(), kOp, "cand_labels", "a tensor when candidates is given", "None");
+    REGOPS_CHECK_VALUE(cand_labels.has_value(), op, "cand_labels", "a tensor when candidates is given", "None");
   if (conr) {
-    REGOPS_CHECK_VALUE(preds.has_value() && weights.has_value(), kOp, "preds", "preds and weights for ConR", "None");
+    REGOPS_CHECK_VALUE(preds.has_value() && weights.has_value(), op, "preds", "preds and weights for ConR", "None");
     in.pa = target("preds", *preds, n, &in.ya);
     if (candidates.has_value()) {
-      REGOPS_CHECK_VALUE(cand_preds.has_value(), kOp, "cand_preds", "a tensor when candidates is given", "None");
+      REGOPS_CHECK_VALUE(cand_preds.has_value(), op, "cand_preds", "a tensor when candidates is given", "None");
       in.pc = target("cand_preds", *cand_preds, m, &in.ya);
     } else {
       in.pc = in.pa;
     }
     const auto& w = *weights;
-    REGOPS_CHECK_VALUE(w.dim() == 1 && w.size(0) == n && w.scalar_type() == anchors.scalar_type(), kOp, "weights",
+    REGOPS_CHECK_VALUE(w.dim() == 1 && w.size(0) == n && w.scalar_type() == anchors.scalar_type(), op, "weights",
                        "(" + std::to_string(n) + ",) of the anchors' dtype", describe(w));
     in.wa = w.contiguous();
   }
@@ -443,7 +514,7 @@ Inputs check_inputs(const at::Tensor& anchors, const std::optional<at::Tensor>& 
 
 template <typename T>
 Problem<T> make_problem(const Inputs& in, bool symmetric, int64_t kind, int64_t offset, double temperature,
-                        double threshold, double push, double label_norm) {
+                        double threshold, double push, double label_norm, std::vector<int32_t>& label_ids) {
   Problem<T> P;
   P.n = in.a.size(0);
   P.m = in.c.size(0);
@@ -458,6 +529,7 @@ Problem<T> make_problem(const Inputs& in, bool symmetric, int64_t kind, int64_t 
   P.symmetric = symmetric;
   P.ya = P.yc = P.pa = P.pc = P.wa = nullptr;
   P.la = P.lc = nullptr;
+  P.la32 = P.lc32 = nullptr;
   if (is_conr(P.kind)) {
     P.len = in.ya.size(1);
     P.ya = in.ya.data_ptr<T>();
@@ -469,6 +541,18 @@ Problem<T> make_problem(const Inputs& in, bool symmetric, int64_t kind, int64_t 
     P.len = 1;
     P.la = in.ya.data_ptr<int64_t>();
     P.lc = in.yc.data_ptr<int64_t>();
+    // Dense ids: rank of each label among the distinct labels of anchors and candidates.
+    const int64_t na = in.ya.size(0), nc = symmetric ? 0 : in.yc.size(0);
+    std::vector<int64_t> values(P.la, P.la + na);
+    values.insert(values.end(), P.lc, P.lc + nc);
+    std::vector<int64_t> sorted = values;
+    std::sort(sorted.begin(), sorted.end());
+    sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
+    label_ids.resize(values.size());
+    for (size_t k = 0; k < values.size(); ++k)
+      label_ids[k] = static_cast<int32_t>(std::lower_bound(sorted.begin(), sorted.end(), values[k]) - sorted.begin());
+    P.la32 = label_ids.data();
+    P.lc32 = symmetric ? label_ids.data() : label_ids.data() + na;
   }
   return P;
 }
@@ -478,15 +562,16 @@ std::tuple<at::Tensor, at::Tensor> contrastive_fwd_cpu(
     const std::optional<at::Tensor>& cand_labels, const std::optional<at::Tensor>& preds,
     const std::optional<at::Tensor>& cand_preds, const std::optional<at::Tensor>& weights, int64_t kind, int64_t offset,
     double temperature, double threshold, double push, double label_norm) {
-  const Inputs in = check_inputs(anchors, candidates, labels, cand_labels, preds, cand_preds, weights, kind, offset,
-                                 temperature);
+  const Inputs in = check_inputs("contrastive_fwd", anchors, candidates, labels, cand_labels, preds, cand_preds,
+                                 weights, kind, offset, temperature);
   const int64_t n = in.a.size(0);
   auto row_loss = at::empty({n}, in.a.options());
   auto row_stats = at::empty({n, kRowStats}, in.a.options());
   if (n == 0) return {row_loss, row_stats};
   AT_DISPATCH_FLOATING_TYPES(in.a.scalar_type(), "contrastive_fwd_cpu", [&] {
+    std::vector<int32_t> label_ids;
     const auto P = make_problem<scalar_t>(in, !candidates.has_value(), kind, offset, temperature, threshold, push,
-                                          label_norm);
+                                          label_norm, label_ids);
     const int threads = at::get_num_threads();
     const int64_t bs = pick_block(P.n, threads);
     const int64_t BI = (P.n + bs - 1) / bs, BJ = (P.m + bs - 1) / bs;
@@ -508,8 +593,8 @@ std::tuple<at::Tensor, at::Tensor> contrastive_bwd_cpu(
     const at::Tensor& labels, const std::optional<at::Tensor>& cand_labels, const std::optional<at::Tensor>& preds,
     const std::optional<at::Tensor>& cand_preds, const std::optional<at::Tensor>& weights, const at::Tensor& row_stats,
     int64_t kind, int64_t offset, double temperature, double threshold, double push, double label_norm) {
-  const Inputs in = check_inputs(anchors, candidates, labels, cand_labels, preds, cand_preds, weights, kind, offset,
-                                 temperature);
+  const Inputs in = check_inputs("contrastive_bwd", anchors, candidates, labels, cand_labels, preds, cand_preds,
+                                 weights, kind, offset, temperature);
   const int64_t n = in.a.size(0), d = in.a.size(1);
   REGOPS_CHECK_VALUE(grad_row_loss.dim() == 1 && grad_row_loss.size(0) == n && grad_row_loss.device() == anchors.device(),
                      "contrastive_bwd", "grad_row_loss", "shape (" + std::to_string(n) + ",) on the anchors' device",
@@ -524,8 +609,9 @@ std::tuple<at::Tensor, at::Tensor> contrastive_bwd_cpu(
   auto grad_c = candidates.has_value() ? at::zeros_like(in.c) : at::empty({0, d}, in.a.options());
   if (n == 0) return {grad_a, grad_c};
   AT_DISPATCH_FLOATING_TYPES(in.a.scalar_type(), "contrastive_bwd_cpu", [&] {
+    std::vector<int32_t> label_ids;
     const auto P = make_problem<scalar_t>(in, !candidates.has_value(), kind, offset, temperature, threshold, push,
-                                          label_norm);
+                                          label_norm, label_ids);
     const int threads = at::get_num_threads();
     const int64_t bs = pick_block(P.n, threads);
     const int64_t BI = (P.n + bs - 1) / bs, BJ = (P.m + bs - 1) / bs;
