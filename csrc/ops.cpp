@@ -45,8 +45,9 @@ TORCH_LIBRARY(regops, m) {
   m.def("orthonormal_grad_accumulate_(Tensor[] mats, Tensor(a!)[] grads, float scale, bool squared) -> Tensor");
 
   // The pairwise contrastive engine (ConR, SupCon, focal SupCon; regops/contrastive_math.h has the math).
-  // anchors (n, D) are L2-normalized rows in float32/float64; candidates (M, D) likewise, or None for the
-  // anchors themselves (one process: the symmetric fast path). Anchor i is candidate offset + i.
+  // anchors (n, D) are feature rows in float32/float64, L2-normalized inside (as F.normalize, eps 1e-12);
+  // candidates (M, D) likewise, or None for the anchors themselves (one process: the symmetric fast path).
+  // Anchor i is candidate offset + i. Gradients are with respect to the raw rows.
   // kind: 0 ConR agedb, 1 ConR nyud2 (labels/preds (n, L) float, weights (n,)), 2 SupCon, 3 focal SupCon
   // (labels (n,) int64). Returns the per-anchor losses (n,) and row_stats (n, 4) = [L, alpha, beta, |P|],
   // all the backward needs: it recomputes the similarity tiles, so no N×N tensor ever exists.

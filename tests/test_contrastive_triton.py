@@ -88,8 +88,11 @@ def _args(case, scalars):
 
 
 def reference_rows(za, zc, case, scalars):
-    """(row_loss, n_pos) of the reference, with zc the candidate rows (za itself when symmetric)."""
+    """(row_loss, n_pos) of the reference, with zc the candidate rows (za itself when symmetric). The ops take
+    raw rows and normalize them, so the reference normalizes too (unit inputs: the same values, and the
+    gradient gains the normalization's projection)."""
     kind, offset = scalars["kind"], scalars["offset"]
+    za, zc = F.normalize(za, dim=1), F.normalize(zc, dim=1)
     sym = case["candidates"] is None
     lc = case["labels"] if sym else case["cand_labels"]
     if kind in (SUPCON, FOCAL):

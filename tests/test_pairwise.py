@@ -134,12 +134,12 @@ def test_low_precision_flash_rule(impl, op, dtype):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("op", OPS)
 def test_rectangular_form_matches_reference(impl, op):
-    """The cross-rank form: anchors are a slice of the candidates (offset > 0), gradients to both."""
+    """The cross-rank form: anchors are a slice of the candidates (offset > 0), gradients to both raw inputs."""
     n, m, d, off = 7, 19, 5, 9
     kind = {"agedb": 0, "nyud2": 1, "supcon": 2, "focal": 3}[op]
     g = torch.Generator().manual_seed(3)
-    zc = torch.nn.functional.normalize(torch.randn(m, d, generator=g, dtype=torch.float64), dim=1)
-    za = zc[off:off + n].clone()
+    xc = torch.randn(m, d, generator=g, dtype=torch.float64)  # raw rows: the op normalizes them itself
+    xa = xc[off:off + n].clone()
     if kind < 2:
         yc = torch.randint(0, 4, (m, 1), generator=g).double()
         pc = yc + 2 * torch.randn(m, 1, generator=g, dtype=torch.float64)
@@ -150,20 +150,21 @@ def test_rectangular_form_matches_reference(impl, op):
         ya, pa, pc, wa = yc[off:off + n].clone(), None, None, None
     tau = 0.3
     up = torch.randn(n, generator=g, dtype=torch.float64)
-    a, c = za.clone().requires_grad_(True), zc.clone().requires_grad_(True)
+    a, c = xa.clone().requires_grad_(True), xc.clone().requires_grad_(True)
+    za, zc = torch.nn.functional.normalize(a, dim=1), torch.nn.functional.normalize(c, dim=1)
     if kind < 2:
-        rows, n_pos = reference.conr_rows(a, c, off, ya, yc, pa, pc, wa, nyud2=kind == 1, temperature=tau,
+        rows, n_pos = reference.conr_rows(za, zc, off, ya, yc, pa, pc, wa, nyud2=kind == 1, temperature=tau,
                                           threshold=1.0, push=0.05, label_norm=2.0)
     else:
-        rows, n_pos = reference.supcon_rows(a, c, off, ya, yc, temperature=tau, focal=kind == 3)
+        rows, n_pos = reference.supcon_rows(za, zc, off, ya, yc, temperature=tau, focal=kind == 3)
     (rows * up).sum().backward()
     fwd = torch.ops.regops.contrastive_fwd if impl == "cpu" else torch.ops.regops.contrastive_fwd_triton
     bwd = torch.ops.regops.contrastive_bwd if impl == "cpu" else torch.ops.regops.contrastive_bwd_triton
     args = (ya, yc, pa, pc, wa, kind, off, tau, 1.0, 0.05, 2.0)
-    out_rows, stats = fwd(za, zc, *args)
+    out_rows, stats = fwd(xa, xc, *args)
     assert_close(out_rows, rows.detach())
     assert torch.equal(stats[:, 3], n_pos.double())
-    ga, gc = bwd(up, za, zc, *args[:5], stats, *args[5:])
+    ga, gc = bwd(up, xa, xc, *args[:5], stats, *args[5:])
     assert_close(ga, a.grad)
     assert_close(gc, c.grad)
 
@@ -263,6 +264,11 @@ def test_bad_input_to_the_op():
         torch.ops.regops.contrastive_fwd(z, None, lab[:4], None, None, None, None, 2, 0, 0.1, 0, 0, 2)
     with pytest.raises(TypeError, match=r"regops\.contrastive_fwd: anchors: expected dtype float32 or float64"):
         torch.ops.regops.contrastive_fwd(z.half(), None, lab, None, None, None, None, 2, 0, 0.1, 0, 0, 2)
+    bad = z.clone()
+    bad[3, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"regops\.contrastive_fwd: anchors: expected finite values, got nan at "
+                                         r"index \(3, 2\)"):
+        torch.ops.regops.contrastive_fwd(bad, None, lab, None, None, None, None, 2, 0, 0.1, 0, 0, 2)
     with pytest.raises(ValueError, match=r"regops\.contrastive_fwd: offset"):
         torch.ops.regops.contrastive_fwd(z, z, lab, lab, None, None, None, 2, 3, 0.1, 0, 0, 2)
 

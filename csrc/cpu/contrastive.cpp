@@ -15,9 +15,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -327,9 +327,9 @@ void row_backward(const Problem<T>& P, int64_t r, int64_t col0, int64_t ncols, c
   }
 }
 
+// Tile edge: large tiles make the tile GEMMs efficient (K = bs in E·Z), but every thread needs tiles of a round.
 int64_t pick_block(int64_t rows, int threads) {
-  static const int64_t top = std::getenv("REGOPS_TUNE_BLOCK") ? std::atoll(std::getenv("REGOPS_TUNE_BLOCK")) : 128;
-  int64_t bs = top;
+  int64_t bs = rows >= 2048 ? 256 : 128;
   while (bs > 16 && (rows + bs - 1) / bs < 2 * threads) bs /= 2;
   return bs;
 }
@@ -441,6 +441,102 @@ struct BackwardTile {
   }
 };
 
+// ---- the L2 normalization of the rows (F.normalize's, eps 1e-12), fused into the ops ----
+
+constexpr double kNormEps = 1e-12;
+
+struct UnitRows {
+  at::Tensor z, norm;  // z = x / max(‖x‖, eps); norm = ‖x‖ per row
+};
+
+template <typename T>
+double row_sumsq(const T* row, int64_t d) {
+  double ss = 0;
+#pragma omp simd reduction(+ : ss)
+  for (int64_t k = 0; k < d; ++k) ss += static_cast<double>(row[k]) * static_cast<double>(row[k]);
+  return ss;
+}
+
+// g ← (g − z⟨z, g⟩)·inv for one row.
+template <typename T>
+void project_row(T* g, const T* z, int64_t d, T inv) {
+  T dot = 0;
+#pragma omp simd reduction(+ : dot)
+  for (int64_t k = 0; k < d; ++k) dot += z[k] * g[k];
+#pragma omp simd
+  for (int64_t k = 0; k < d; ++k) g[k] = (g[k] - z[k] * dot) * inv;
+}
+
+// Sums of squares in double (finite rows of any magnitude); a non-finite element raises with its index.
+UnitRows unit_rows(const at::Tensor& x, const char* op, const char* arg) {
+  const int64_t n = x.size(0), d = x.size(1);
+  UnitRows u{at::empty_like(x), at::empty({n}, x.options())};
+  std::atomic<int64_t> bad{n};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "unit_rows", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* zp = u.z.data_ptr<scalar_t>();
+    scalar_t* np = u.norm.data_ptr<scalar_t>();
+    at::parallel_for(0, n, std::max<int64_t>(1, 16384 / d), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const scalar_t* row = xp + r * d;
+        const double ss = row_sumsq(row, d);
+        if (!std::isfinite(ss)) {
+          int64_t cur = bad.load();
+          while (r < cur && !bad.compare_exchange_weak(cur, r)) {}
+          continue;
+        }
+        const scalar_t norm = static_cast<scalar_t>(std::sqrt(ss));
+        const scalar_t denom = std::max(norm, static_cast<scalar_t>(kNormEps));
+        np[r] = norm;
+        for (int64_t k = 0; k < d; ++k) zp[r * d + k] = row[k] / denom;
+      }
+    });
+    if (bad.load() < n) {
+      const int64_t r = bad.load();
+      for (int64_t k = 0; k < d; ++k) {
+        const scalar_t v = xp[r * d + k];
+        REGOPS_CHECK_VALUE(std::isfinite(static_cast<double>(v)), op, arg, "finite values",
+                           c10::str(v, " at index (", r, ", ", k, ")"));
+      }
+      // Finite but beyond double's squares (|x| > 1e154): the norm of the scaled row.
+      scalar_t big = 0;
+      for (int64_t k = 0; k < d; ++k) big = std::max<scalar_t>(big, std::fabs(xp[r * d + k]));
+      double ss = 0;
+      for (int64_t k = 0; k < d; ++k) ss += std::pow(static_cast<double>(xp[r * d + k] / big), 2);
+      const scalar_t norm = static_cast<scalar_t>(big * std::sqrt(ss));
+      np[r] = norm;
+      for (int64_t k = 0; k < d; ++k) zp[r * d + k] = xp[r * d + k] / norm;
+      if (r + 1 < n) {  // later rows were skipped only if they were also bad: redo them the same way
+        const auto rest = unit_rows(x.narrow(0, r + 1, n - r - 1), op, arg);
+        u.z.narrow(0, r + 1, n - r - 1).copy_(rest.z);
+        u.norm.narrow(0, r + 1, n - r - 1).copy_(rest.norm);
+      }
+    }
+  });
+  return u;
+}
+
+// g ← ∂/∂x of ⟨g, x/max(‖x‖, eps)⟩ in place: (g − z·⟨z, g⟩)/‖x‖, or g/eps where ‖x‖ ≤ eps.
+void unit_rows_backward_(at::Tensor& g, const UnitRows& u) {
+  const int64_t n = g.size(0), d = g.size(1);
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "unit_rows_backward", [&] {
+    scalar_t* gp = g.data_ptr<scalar_t>();
+    const scalar_t* zp = u.z.data_ptr<scalar_t>();
+    const scalar_t* np = u.norm.data_ptr<scalar_t>();
+    at::parallel_for(0, n, std::max<int64_t>(1, 16384 / d), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        scalar_t* gr = gp + r * d;
+        const scalar_t* zr = zp + r * d;
+        if (!(np[r] > static_cast<scalar_t>(kNormEps))) {
+          for (int64_t k = 0; k < d; ++k) gr[k] /= static_cast<scalar_t>(kNormEps);
+          continue;
+        }
+        project_row(gr, zr, d, scalar_t(1) / np[r]);
+      }
+    });
+  });
+}
+
 // ---- argument checks and the torch-facing ops ----
 
 struct Inputs {
@@ -454,7 +550,7 @@ Inputs check_inputs(const char* op, const at::Tensor& anchors, const std::option
   check_dim(op, "anchors", anchors, 2);
   check_device(op, "anchors", anchors, c10::DeviceType::CPU);
   REGOPS_CHECK_TYPE(anchors.scalar_type() == at::kFloat || anchors.scalar_type() == at::kDouble, op, "anchors",
-                    "dtype float32 or float64 (normalized rows in the accumulation dtype)", describe(anchors));
+                    "dtype float32 or float64 (feature rows in the accumulation dtype)", describe(anchors));
   REGOPS_CHECK_VALUE(kind >= 0 && kind <= 3, op, "kind", "0 (ConR agedb), 1 (ConR nyud2), 2 (SupCon) or 3 (focal)",
                      kind);
   REGOPS_CHECK_VALUE(temperature > 0 && std::isfinite(temperature), op, "temperature", "a positive finite number",
@@ -562,9 +658,11 @@ std::tuple<at::Tensor, at::Tensor> contrastive_fwd_cpu(
     const std::optional<at::Tensor>& cand_labels, const std::optional<at::Tensor>& preds,
     const std::optional<at::Tensor>& cand_preds, const std::optional<at::Tensor>& weights, int64_t kind, int64_t offset,
     double temperature, double threshold, double push, double label_norm) {
-  const Inputs in = check_inputs("contrastive_fwd", anchors, candidates, labels, cand_labels, preds, cand_preds,
-                                 weights, kind, offset, temperature);
+  Inputs in = check_inputs("contrastive_fwd", anchors, candidates, labels, cand_labels, preds, cand_preds, weights,
+                           kind, offset, temperature);
   const int64_t n = in.a.size(0);
+  in.a = unit_rows(in.a, "contrastive_fwd", "anchors").z;
+  in.c = candidates.has_value() ? unit_rows(in.c, "contrastive_fwd", "candidates").z : in.a;
   auto row_loss = at::empty({n}, in.a.options());
   auto row_stats = at::empty({n, kRowStats}, in.a.options());
   if (n == 0) return {row_loss, row_stats};
@@ -593,9 +691,13 @@ std::tuple<at::Tensor, at::Tensor> contrastive_bwd_cpu(
     const at::Tensor& labels, const std::optional<at::Tensor>& cand_labels, const std::optional<at::Tensor>& preds,
     const std::optional<at::Tensor>& cand_preds, const std::optional<at::Tensor>& weights, const at::Tensor& row_stats,
     int64_t kind, int64_t offset, double temperature, double threshold, double push, double label_norm) {
-  const Inputs in = check_inputs("contrastive_bwd", anchors, candidates, labels, cand_labels, preds, cand_preds,
-                                 weights, kind, offset, temperature);
+  Inputs in = check_inputs("contrastive_bwd", anchors, candidates, labels, cand_labels, preds, cand_preds, weights,
+                           kind, offset, temperature);
   const int64_t n = in.a.size(0), d = in.a.size(1);
+  const UnitRows ua = unit_rows(in.a, "contrastive_bwd", "anchors");
+  const UnitRows uc = candidates.has_value() ? unit_rows(in.c, "contrastive_bwd", "candidates") : ua;
+  in.a = ua.z;
+  in.c = uc.z;
   REGOPS_CHECK_VALUE(grad_row_loss.dim() == 1 && grad_row_loss.size(0) == n && grad_row_loss.device() == anchors.device(),
                      "contrastive_bwd", "grad_row_loss", "shape (" + std::to_string(n) + ",) on the anchors' device",
                      describe(grad_row_loss));
@@ -621,6 +723,8 @@ std::tuple<at::Tensor, at::Tensor> contrastive_bwd_cpu(
     // Rounds keep both the row and the column blocks of concurrent tiles disjoint: lock-free accumulation.
     run_rounds<scalar_t>(P.symmetric ? symmetric_rounds(BI) : rectangular_rounds(BI, BJ), threads, bs, tile);
   });
+  unit_rows_backward_(grad_a, ua);  // from d/dz to d/d(features)
+  if (candidates.has_value()) unit_rows_backward_(grad_c, uc);
   return {grad_a, grad_c};
 }
 

@@ -25,6 +25,13 @@ namespace cc = contrastive_cuda;
 constexpr const char* kFwd = "contrastive_fwd";
 constexpr const char* kBwd = "contrastive_bwd";
 constexpr int64_t kStats = 4;  // columns of row_stats: [L, alpha, beta, |P|]
+constexpr double kNormEps = 1e-12;  // F.normalize's
+
+// d/dx of ⟨g, x/max(‖x‖, eps)⟩ from z = x/max(‖x‖, eps): (g − z⟨z, g⟩)/‖x‖, or g/eps where ‖x‖ ≤ eps.
+at::Tensor unit_rows_backward(const at::Tensor& g, const at::Tensor& z, const at::Tensor& norm) {
+  const auto proj = (g - z * (z * g).sum(1, true)) / norm.clamp_min(kNormEps).unsqueeze(1);
+  return at::where((norm > kNormEps).unsqueeze(1), proj, g / kNormEps);
+}
 
 bool is_conr(int64_t kind) { return kind == 0 || kind == 1; }
 
@@ -42,6 +49,7 @@ std::string shape_str(int64_t a, int64_t b) {
 // The contiguous inputs (kept alive while the kernels run) and the kernels' view of them.
 struct Prepared {
   at::Tensor a, c, y, yc, pr, pc, w;
+  at::Tensor norm_a, norm_c;  // ‖row‖ of the raw inputs; a and c hold the normalized rows
   cc::Problem p{};
   bool symmetric = false;
 };
@@ -166,6 +174,16 @@ Prepared prepare(const char* op, const at::Tensor& anchors, const std::optional<
     p.class_ids = r.y.const_data_ptr<int64_t>();
     p.cand_class_ids = r.yc.const_data_ptr<int64_t>();
   }
+  // The op's rows are raw features: normalize them as F.normalize does (eps 1e-12).
+  r.norm_a = at::linalg_vector_norm(r.a, 2, {1});
+  r.a = r.a / r.norm_a.clamp_min(kNormEps).unsqueeze(1);
+  if (r.symmetric) {
+    r.c = r.a;
+    r.norm_c = r.norm_a;
+  } else {
+    r.norm_c = at::linalg_vector_norm(r.c, 2, {1});
+    r.c = r.c / r.norm_c.clamp_min(kNormEps).unsqueeze(1);
+  }
   p.anchors = r.a.const_data_ptr();
   p.candidates = r.c.const_data_ptr();
   return r;
@@ -233,9 +251,9 @@ std::tuple<at::Tensor, at::Tensor> contrastive_bwd_cuda(
                                      grad_c.mutable_data_ptr(), at::cuda::getCurrentCUDAStream().stream()));
   if (r.symmetric) {
     grad_a.add_(grad_c);
-    return {grad_a, at::empty({0, D}, r.a.options())};
+    return {unit_rows_backward(grad_a, r.a, r.norm_a), at::empty({0, D}, r.a.options())};
   }
-  return {grad_a, grad_c};
+  return {unit_rows_backward(grad_a, r.a, r.norm_a), unit_rows_backward(grad_c, r.c, r.norm_c)};
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 """The pairwise contrastive engine behind conr_loss, supcon_loss and focal_supcon_loss.
 
-Every impl computes per-anchor losses ℓ_i (and |P_i|) from L2-normalized rows; this module normalizes,
-gathers candidates across ranks, picks the impl and reduces ℓ to the loss. The kernels
+Every impl computes per-anchor losses ℓ_i (and |P_i|) of L2-normalized rows; this module gathers candidates
+across ranks, picks the impl and reduces ℓ to the loss. The kernels normalize the rows themselves. The kernels
 (``regops::contrastive_fwd``/``_bwd`` on CPU and CUDA, ``..._triton``) stream the similarity in tiles and
 save only row_stats (n, 4) for the backward; the reference (reference/pairwise.py) materializes N×M.
 
@@ -121,35 +121,48 @@ def row_losses(op: str, kind: int, features: torch.Tensor, labels: torch.Tensor,
     labels/preds: (n, L) in the accumulation dtype for ConR, (n,) int64 for SupCon; weights (n,) or None."""
     chosen = _pick(op, impl, features.device.type)
     acc = acc_dtype(features.dtype)
-    z = F.normalize(features.to(acc), dim=1)
-    n = z.shape[0]
+    if chosen != "cpu":  # the CPU kernel checks finiteness in its normalization pass, for free
+        _checks.check_finite_eager(op, "features", features)
+    # The kernels normalize the rows themselves (and take the gradient back through it); the reference uses
+    # autograd through F.normalize.
+    x = features.to(acc).contiguous() if chosen != "reference" else F.normalize(features.to(acc), dim=1)
+    n = x.shape[0]
     world, offset = 1, 0
-    zc = lc = pc = None
+    xc = lc = pc = None
     if process_group is not None:
         world, rank = _world(process_group)
         _check_equal_sizes(op, n, process_group)
         offset = rank * n
-        zc = _gather(z, process_group, grad=True)
+        xc = _gather(x, process_group, grad=True)
         lc = _gather(labels, process_group, grad=False)
         pc = _gather(preds, process_group, grad=False) if preds is not None else None
-    m = n if zc is None else zc.shape[0]
+    m = n if xc is None else xc.shape[0]
     if weights is None and kind in (CONR_AGEDB, CONR_NYUD2):
         weights = torch.ones(n, dtype=acc, device=features.device)
 
     if chosen == "reference":
-        za_c, lc_r, pc_r = (z, labels, preds) if zc is None else (zc, lc, pc)
+        zc, lc_r, pc_r = (x, labels, preds) if xc is None else (xc, lc, pc)
         if kind in (CONR_AGEDB, CONR_NYUD2):
-            rows, n_pos = reference.conr_rows(z, za_c, offset, labels, lc_r, preds, pc_r, weights,
+            rows, n_pos = reference.conr_rows(x, zc, offset, labels, lc_r, preds, pc_r, weights,
                                               nyud2=kind == CONR_NYUD2, temperature=temperature,
                                               threshold=threshold, push=push, label_norm=label_norm)
         else:
-            rows, n_pos = reference.supcon_rows(z, za_c, offset, labels, lc_r, temperature=temperature,
+            rows, n_pos = reference.supcon_rows(x, zc, offset, labels, lc_r, temperature=temperature,
                                                 focal=kind == FOCAL)
         return rows, n_pos.to(acc), world, m
 
     fwd = torch.ops.regops.contrastive_fwd_triton if chosen == "triton" else torch.ops.regops.contrastive_fwd
-    rows, stats = fwd(z, zc, labels, lc, preds, pc, weights, kind, offset, float(temperature), float(threshold),
-                      float(push), float(label_norm))
+    args = (x, xc, labels, lc, preds, pc, weights, kind, offset, float(temperature), float(threshold), float(push),
+            float(label_norm))
+    if torch.compiler.is_compiling() or chosen != "cpu":
+        rows, stats = fwd(*args)
+    else:
+        try:
+            rows, stats = fwd(*args)
+        except ValueError as exc:  # the kernel's finiteness check: say it in the public op's words
+            if "expected finite values" in str(exc):
+                _checks.check_finite_eager(op, "features", features)
+            raise
     return rows, stats[:, 3], world, m
 
 

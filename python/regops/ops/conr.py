@@ -76,7 +76,6 @@ def conr_loss(features, labels, preds, weights=None, *, temperature=None, thresh
     if weights is not None and not torch.compiler.is_compiling() and _checks.check_finite_enabled(weights.device) \
             and bool((weights < 0).any()):
         _checks.fail(OP, "weights", "weights >= 0 (their log enters the denominator)", f"min {weights.min().item()}")
-    _checks.check_finite_eager(OP, "features", features)
     acc = _pairwise.acc_dtype(features.dtype)
     as_rows = lambda t: t.detach().to(acc).reshape(n, -1).contiguous()  # noqa: E731  (n,) -> (n, 1)
     w = weights.detach().to(acc).contiguous() if weights is not None else None

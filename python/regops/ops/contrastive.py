@@ -27,7 +27,6 @@ def _validate(op, features, labels, temperature) -> torch.Tensor:
         _checks.fail(op, "labels", f"device {features.device} (as features)", f"device {labels.device}", RuntimeError)
     if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
         _checks.fail(op, "temperature", "a positive finite number", repr(temperature))
-    _checks.check_finite_eager(op, "features", features)
     labels = labels.detach()
     if labels.is_floating_point() or labels.is_complex():
         if torch.compiler.is_compiling():

@@ -1,7 +1,8 @@
 """Triton kernels for the pairwise contrastive engine (ConR, SupCon, focal SupCon).
 
 The math is that of ``csrc/include/regops/contrastive_math.h`` (the single source of truth), evaluated on
-tiles: anchors a_i (i < n) against candidates c_j (j < M), s_ij = ⟨a_i, c_j⟩ / τ, anchor i is candidate
+tiles: anchors a_i (i < n) against candidates c_j (j < M), L2-normalized by the ops themselves (as
+F.normalize; the backward goes back through it), s_ij = ⟨a_i, c_j⟩ / τ, anchor i is candidate
 ``offset + i``. Two custom ops with the schemas of ``regops::contrastive_fwd`` / ``_bwd`` (csrc/ops.cpp):
 
 - ``torch.ops.regops.contrastive_fwd_triton(anchors, candidates, labels, cand_labels, preds, cand_preds,
@@ -536,6 +537,21 @@ def _launch(mode, anchors, cands, labels, cand_labels, preds, cand_preds, weight
         )
 
 
+_NORM_EPS = 1e-12  # F.normalize's
+
+
+def _unit_rows(x):
+    """The op's inputs are raw feature rows: z = x / max(‖x‖, eps), as F.normalize, and ‖x‖."""
+    norm = torch.linalg.vector_norm(x, dim=1)
+    return x / norm.clamp_min(_NORM_EPS)[:, None], norm
+
+
+def _unit_rows_backward(g, z, norm):
+    """d/dx of ⟨g, x/max(‖x‖, eps)⟩: (g − z⟨z, g⟩)/‖x‖, or g/eps where ‖x‖ ≤ eps."""
+    proj = (g - z * (z * g).sum(1, keepdim=True)) / norm.clamp_min(_NORM_EPS)[:, None]
+    return torch.where((norm > _NORM_EPS)[:, None], proj, g / _NORM_EPS)
+
+
 def _prepare(anchors, candidates, labels, cand_labels, preds, cand_preds, weights, kind, temperature, threshold,
              push, label_norm):
     """Contiguous operands with the symmetric case resolved, dummies for unused pointers, and the params."""
@@ -566,6 +582,8 @@ def contrastive_fwd_triton(anchors: torch.Tensor, candidates: Optional[torch.Ten
     stats = anchors.new_zeros((n, ROW_STATS))
     if n == 0:
         return loss, stats
+    anchors = _unit_rows(anchors)[0]
+    candidates = None if candidates is None else _unit_rows(candidates)[0]
     cands, labels, cand_labels, preds, cand_preds, weights, params = _prepare(
         anchors, candidates, labels, cand_labels, preds, cand_preds, weights, kind, temperature, threshold, push,
         label_norm)
@@ -597,6 +615,9 @@ def contrastive_bwd_triton(grad_row_loss: torch.Tensor, anchors: torch.Tensor, c
     grad_c = anchors.new_zeros((0, d)) if candidates is None else torch.zeros_like(candidates)
     if n == 0 or d == 0:
         return grad_a, grad_c
+    anchors, norm_a = _unit_rows(anchors)
+    if candidates is not None:
+        candidates, norm_c = _unit_rows(candidates)
     cands, labels, cand_labels, preds, cand_preds, weights, params = _prepare(
         anchors, candidates, labels, cand_labels, preds, cand_preds, weights, kind, temperature, threshold, push,
         label_norm)
@@ -609,6 +630,9 @@ def contrastive_bwd_triton(grad_row_loss: torch.Tensor, anchors: torch.Tensor, c
         _launch(MODE_BWD_COLS, anchors, cands, *common, g, grad_a, kind, norm, label_len, offset, accumulate=True)
     elif m > 0:
         _launch(MODE_BWD_COLS, anchors, cands, *common, g, grad_c, kind, norm, label_len, offset)
+    grad_a = _unit_rows_backward(grad_a, anchors, norm_a)  # from d/dz to d/d(features)
+    if candidates is not None and m > 0:
+        grad_c = _unit_rows_backward(grad_c, candidates, norm_c)
     return grad_a, grad_c
 
 
