@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 WORLD, N_LOCAL, D_IN, D = 2, 13, 5, 7
-OPS = ["agedb", "nyud2", "supcon", "focal"]
+OPS = ["agedb", "nyud2", "supcon", "focal", "supcon_float_labels"]
 
 
 def _data():
@@ -34,6 +34,8 @@ def _loss(op, f, y, p, w, lab, impl, group=None):
     import regops
     if op in ("agedb", "nyud2"):
         return regops.conr_loss(f, y, p, w, threshold=1.0, variant=op, impl=impl, process_group=group)
+    if op == "supcon_float_labels":  # ids are made from the labels of every rank
+        return regops.supcon_loss(f, lab.double() * 0.5 + 7, temperature=0.3, impl=impl, process_group=group)
     fn = regops.supcon_loss if op == "supcon" else regops.focal_supcon_loss
     return fn(f, lab, temperature=0.3, impl=impl, process_group=group)
 
@@ -101,7 +103,6 @@ def test_unequal_rank_sizes_raise(monkeypatch):
     from regops.ops import _pairwise
     monkeypatch.setattr(_pairwise, "_gather", lambda t, g, grad: torch.tensor([3, 4]))
     monkeypatch.setattr(_pairwise, "_world", lambda g: (2, 0))
-    monkeypatch.setattr(dist, "get_backend", lambda g=None: "gloo")
     with pytest.raises(ValueError, match=r"regops\.supcon_loss: features: expected the same number of rows on every "
                                          r"rank of process_group, got rows per rank \[3, 4\]"):
         regops.supcon_loss(torch.randn(3, 2), torch.zeros(3, dtype=torch.long), process_group=object())

@@ -396,6 +396,16 @@ struct ForwardTile {
   }
 };
 
+// The forward over all column blocks of one row block (the rectangular grid needs no rounds).
+template <typename T>
+struct WholeRows {
+  const ForwardTile<T>& tile;
+  int64_t BJ;
+  void operator()(int64_t I, int64_t, Scratch<T>& w) const {
+    for (int64_t J = 0; J < BJ; ++J) tile(I, J, w);
+  }
+};
+
 template <typename T>
 struct BackwardTile {
   const Problem<T>& P;
@@ -444,6 +454,7 @@ struct BackwardTile {
 // ---- the L2 normalization of the rows (F.normalize's, eps 1e-12), fused into the ops ----
 
 constexpr double kNormEps = 1e-12;
+constexpr int64_t kRowsGrain = int64_t(1) << 19;  // elements per task of the row passes: small batches stay serial
 
 struct UnitRows {
   at::Tensor z, norm;  // z = x / max(‖x‖, eps); norm = ‖x‖ per row
@@ -455,6 +466,12 @@ double row_sumsq(const T* row, int64_t d) {
 #pragma omp simd reduction(+ : ss)
   for (int64_t k = 0; k < d; ++k) ss += static_cast<double>(row[k]) * static_cast<double>(row[k]);
   return ss;
+}
+
+template <typename T>
+void scale_row(T* out, const T* row, int64_t d, T inv) {
+#pragma omp simd
+  for (int64_t k = 0; k < d; ++k) out[k] = row[k] * inv;
 }
 
 // g ← (g − z⟨z, g⟩)·inv for one row.
@@ -476,7 +493,7 @@ UnitRows unit_rows(const at::Tensor& x, const char* op, const char* arg) {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* zp = u.z.data_ptr<scalar_t>();
     scalar_t* np = u.norm.data_ptr<scalar_t>();
-    at::parallel_for(0, n, std::max<int64_t>(1, 16384 / d), [&](int64_t b, int64_t e) {
+    at::parallel_for(0, n, std::max<int64_t>(1, kRowsGrain / d), [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
         const scalar_t* row = xp + r * d;
         const double ss = row_sumsq(row, d);
@@ -488,7 +505,7 @@ UnitRows unit_rows(const at::Tensor& x, const char* op, const char* arg) {
         const scalar_t norm = static_cast<scalar_t>(std::sqrt(ss));
         const scalar_t denom = std::max(norm, static_cast<scalar_t>(kNormEps));
         np[r] = norm;
-        for (int64_t k = 0; k < d; ++k) zp[r * d + k] = row[k] / denom;
+        scale_row(zp + r * d, row, d, scalar_t(1) / denom);  // 1 ulp from F.normalize's division, 3x faster
       }
     });
     if (bad.load() < n) {
@@ -523,7 +540,7 @@ void unit_rows_backward_(at::Tensor& g, const UnitRows& u) {
     scalar_t* gp = g.data_ptr<scalar_t>();
     const scalar_t* zp = u.z.data_ptr<scalar_t>();
     const scalar_t* np = u.norm.data_ptr<scalar_t>();
-    at::parallel_for(0, n, std::max<int64_t>(1, 16384 / d), [&](int64_t b, int64_t e) {
+    at::parallel_for(0, n, std::max<int64_t>(1, kRowsGrain / d), [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
         scalar_t* gr = gp + r * d;
         const scalar_t* zr = zp + r * d;
@@ -588,9 +605,9 @@ Inputs check_inputs(const char* op, const at::Tensor& anchors, const std::option
     return t.contiguous();
   };
   in.ya = target("labels", labels, n, nullptr);
-  in.yc = candidates.has_value() ? target("cand_labels", cand_labels.value_or(at::Tensor()), m, &in.ya) : in.ya;
   if (candidates.has_value())
     REGOPS_CHECK_VALUE(cand_labels.has_value(), op, "cand_labels", "a tensor when candidates is given", "None");
+  in.yc = candidates.has_value() ? target("cand_labels", *cand_labels, m, &in.ya) : in.ya;
   if (conr) {
     REGOPS_CHECK_VALUE(preds.has_value() && weights.has_value(), op, "preds", "preds and weights for ConR", "None");
     in.pa = target("preds", *preds, n, &in.ya);
@@ -675,13 +692,17 @@ std::tuple<at::Tensor, at::Tensor> contrastive_fwd_cpu(
     const int64_t BI = (P.n + bs - 1) / bs, BJ = (P.m + bs - 1) / bs;
     std::vector<RowAcc<scalar_t>> acc(P.n, row_init<scalar_t>());
     const ForwardTile<scalar_t> tile{P, bs, acc.data()};
-    // Rounds keep the row blocks of concurrent tiles disjoint, so the row statistics need no locks.
-    run_rounds<scalar_t>(P.symmetric ? symmetric_rounds(BI) : rectangular_rounds(BI, BJ), threads, bs, tile);
+    if (P.symmetric) {  // rounds keep the row blocks of concurrent tiles disjoint: no locks on the statistics
+      run_rounds<scalar_t>(symmetric_rounds(BI), threads, bs, tile);
+    } else {  // each task owns whole anchor rows and walks every column block
+      std::vector<std::vector<std::pair<int64_t, int64_t>>> row_blocks(1);
+      for (int64_t I = 0; I < BI; ++I) row_blocks[0].emplace_back(I, 0);
+      const WholeRows<scalar_t> rows{tile, BJ};
+      run_rounds<scalar_t>(row_blocks, threads, bs, rows);
+    }
     auto* loss = row_loss.data_ptr<scalar_t>();
     auto* stats = row_stats.data_ptr<scalar_t>();
-    at::parallel_for(0, P.n, 1024, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) loss[r] = row_finish(P.kind, acc[r], stats + r * kRowStats);
-    });
+    for (int64_t r = 0; r < P.n; ++r) loss[r] = row_finish(P.kind, acc[r], stats + r * kRowStats);
   });
   return {row_loss, row_stats};
 }

@@ -175,13 +175,14 @@ Prepared prepare(const char* op, const at::Tensor& anchors, const std::optional<
     p.cand_class_ids = r.yc.const_data_ptr<int64_t>();
   }
   // The op's rows are raw features: normalize them as F.normalize does (eps 1e-12).
-  r.norm_a = at::linalg_vector_norm(r.a, 2, {1});
+  // Norms summed in double, as the CPU kernel does: finite rows of any magnitude keep their direction.
+  r.norm_a = at::linalg_vector_norm(r.a, 2, {1}, false, at::kDouble).to(r.a.scalar_type());
   r.a = r.a / r.norm_a.clamp_min(kNormEps).unsqueeze(1);
   if (r.symmetric) {
     r.c = r.a;
     r.norm_c = r.norm_a;
   } else {
-    r.norm_c = at::linalg_vector_norm(r.c, 2, {1});
+    r.norm_c = at::linalg_vector_norm(r.c, 2, {1}, false, at::kDouble).to(r.c.scalar_type());
     r.c = r.c / r.norm_c.clamp_min(kNormEps).unsqueeze(1);
   }
   p.anchors = r.a.const_data_ptr();

@@ -102,11 +102,9 @@ def _gather(t: torch.Tensor, process_group, *, grad: bool) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def _check_equal_sizes(op: str, n: int, process_group) -> None:
-    import torch.distributed as dist
+def _check_equal_sizes(op: str, n: int, process_group, device: torch.device) -> None:
     if torch.compiler.is_compiling():
         return
-    device = "cuda" if dist.get_backend(process_group) == "nccl" else "cpu"
     sizes = _gather(torch.tensor([n], device=device), process_group, grad=False).tolist()
     if len(set(sizes)) != 1:
         _checks.fail(op, "features", "the same number of rows on every rank of process_group",
@@ -131,7 +129,7 @@ def row_losses(op: str, kind: int, features: torch.Tensor, labels: torch.Tensor,
     xc = lc = pc = None
     if process_group is not None:
         world, rank = _world(process_group)
-        _check_equal_sizes(op, n, process_group)
+        _check_equal_sizes(op, n, process_group, features.device)
         offset = rank * n
         xc = _gather(x, process_group, grad=True)
         lc = _gather(labels, process_group, grad=False)

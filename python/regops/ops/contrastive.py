@@ -13,7 +13,7 @@ SUPCON_KERNELS = _pairwise.KERNELS
 FOCAL_KERNELS = _pairwise.KERNELS
 
 
-def _validate(op, features, labels, temperature) -> torch.Tensor:
+def _validate(op, features, labels, temperature, process_group=None) -> torch.Tensor:
     _checks.check_tensor(op, "features", features, ndims=(2,), dtypes=DTYPES)
     n = features.shape[0]
     if n == 0:
@@ -32,12 +32,18 @@ def _validate(op, features, labels, temperature) -> torch.Tensor:
         if torch.compiler.is_compiling():
             _checks.fail(op, "labels", "integer class ids under torch.compile", f"dtype {labels.dtype}", TypeError)
         _checks.check_finite_eager(op, "labels", labels)
-        labels = torch.unique(labels, return_inverse=True)[1]  # equal values, equal ids
+        if process_group is None:
+            labels = torch.unique(labels, return_inverse=True)[1]  # equal values, equal ids
+        else:  # ids from the labels of every rank, so that equal values get equal ids across ranks too
+            everyone = _pairwise._gather(labels, process_group, grad=False)
+            rank = _pairwise._world(process_group)[1]
+            n = labels.shape[0]
+            labels = torch.unique(everyone, return_inverse=True)[1][rank * n:(rank + 1) * n]
     return labels.to(torch.int64).contiguous()
 
 
 def _loss(op, kind, features, labels, temperature, process_group, impl):
-    labels = _validate(op, features, labels, temperature)
+    labels = _validate(op, features, labels, temperature, process_group)
     rows, n_pos, world, m = _pairwise.row_losses(op, kind, features, labels, None, None,
                                                  temperature=float(temperature), process_group=process_group,
                                                  impl=impl)

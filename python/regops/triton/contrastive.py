@@ -542,7 +542,7 @@ _NORM_EPS = 1e-12  # F.normalize's
 
 def _unit_rows(x):
     """The op's inputs are raw feature rows: z = x / max(‖x‖, eps), as F.normalize, and ‖x‖."""
-    norm = torch.linalg.vector_norm(x, dim=1)
+    norm = torch.linalg.vector_norm(x, dim=1, dtype=torch.float64).to(x.dtype)  # no overflow of the squares
     return x / norm.clamp_min(_NORM_EPS)[:, None], norm
 
 
