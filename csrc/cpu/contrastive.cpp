@@ -328,10 +328,10 @@ void row_backward(const Problem<T>& P, int64_t r, int64_t col0, int64_t ncols, c
 }
 
 // Tile edge: large tiles make the tile GEMMs efficient (K = bs in E·Z), but every thread needs tiles of a round.
-int64_t pick_block(int64_t rows, int threads) {
+std::tuple<int64_t, int64_t, int64_t> tile_grid(int64_t rows, int64_t cols, int threads) {
   int64_t bs = rows >= 2048 ? 256 : 128;
   while (bs > 16 && (rows + bs - 1) / bs < 2 * threads) bs /= 2;
-  return bs;
+  return {bs, (rows + bs - 1) / bs, (cols + bs - 1) / bs};  // (edge, row blocks, column blocks)
 }
 
 // Rounds of the circle method over B blocks: every unordered pair {I, J}, I ≠ J, exactly once, and no block
@@ -688,8 +688,7 @@ std::tuple<at::Tensor, at::Tensor> contrastive_fwd_cpu(
     const auto P = make_problem<scalar_t>(in, !candidates.has_value(), kind, offset, temperature, threshold, push,
                                           label_norm, label_ids);
     const int threads = at::get_num_threads();
-    const int64_t bs = pick_block(P.n, threads);
-    const int64_t BI = (P.n + bs - 1) / bs, BJ = (P.m + bs - 1) / bs;
+    const auto [bs, BI, BJ] = tile_grid(P.n, P.m, threads);
     std::vector<RowAcc<scalar_t>> acc(P.n, row_init<scalar_t>());
     const ForwardTile<scalar_t> tile{P, bs, acc.data()};
     if (P.symmetric) {  // rounds keep the row blocks of concurrent tiles disjoint: no locks on the statistics
@@ -736,8 +735,7 @@ std::tuple<at::Tensor, at::Tensor> contrastive_bwd_cpu(
     const auto P = make_problem<scalar_t>(in, !candidates.has_value(), kind, offset, temperature, threshold, push,
                                           label_norm, label_ids);
     const int threads = at::get_num_threads();
-    const int64_t bs = pick_block(P.n, threads);
-    const int64_t BI = (P.n + bs - 1) / bs, BJ = (P.m + bs - 1) / bs;
+    const auto [bs, BI, BJ] = tile_grid(P.n, P.m, threads);
     const BackwardTile<scalar_t> tile{P, bs, stats_c.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
                                       grad_a.data_ptr<scalar_t>(),
                                       P.symmetric ? nullptr : grad_c.data_ptr<scalar_t>()};

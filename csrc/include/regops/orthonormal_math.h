@@ -3,11 +3,7 @@
 #pragma once
 #include <math.h>
 
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define REGOPS_HD __host__ __device__ __forceinline__
-#else
-#define REGOPS_HD inline
-#endif
+#include "hd.h"
 
 namespace regops {
 namespace ortho {

@@ -87,6 +87,16 @@ def _pick(op: str, impl, device_type: str) -> str:
     return resolve_impl(op, impl, torch.device(device_type), KERNELS)
 
 
+def check_features(op: str, features, dtypes) -> int:
+    """features: an (N, D) float tensor with N, D ≥ 1; returns N."""
+    _checks.check_tensor(op, "features", features, ndims=(2,), dtypes=dtypes)
+    if features.shape[0] == 0:
+        _checks.fail(op, "features", "at least one row", f"shape {tuple(features.shape)}")
+    if features.shape[1] == 0:
+        _checks.fail(op, "features", "at least one column", f"shape {tuple(features.shape)}")
+    return features.shape[0]
+
+
 def _world(process_group):
     import torch.distributed as dist
     return dist.get_world_size(process_group), dist.get_rank(process_group)

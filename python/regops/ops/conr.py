@@ -43,12 +43,7 @@ def conr_loss(features, labels, preds, weights=None, *, temperature=None, thresh
     With `process_group`, anchors are this rank's rows and candidates the rows of every rank (equal row counts
     per rank); the value is this rank's share, and the mean over ranks equals the loss of the whole batch."""
     _checks.check_choice(OP, "variant", variant, tuple(VARIANT_DEFAULTS))
-    _checks.check_tensor(OP, "features", features, ndims=(2,), dtypes=DTYPES)
-    n = features.shape[0]
-    if n == 0:
-        _checks.fail(OP, "features", "at least one row", f"shape {tuple(features.shape)}")
-    if features.shape[1] == 0:
-        _checks.fail(OP, "features", "at least one column", f"shape {tuple(features.shape)}")
+    n = _pairwise.check_features(OP, features, DTYPES)
     labels = _check_targets("labels", labels, n, features)
     preds = _check_targets("preds", preds, n, features)
     if labels.shape != preds.shape:

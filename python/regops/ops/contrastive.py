@@ -14,12 +14,7 @@ FOCAL_KERNELS = _pairwise.KERNELS
 
 
 def _validate(op, features, labels, temperature, process_group=None) -> torch.Tensor:
-    _checks.check_tensor(op, "features", features, ndims=(2,), dtypes=DTYPES)
-    n = features.shape[0]
-    if n == 0:
-        _checks.fail(op, "features", "at least one row", f"shape {tuple(features.shape)}")
-    if features.shape[1] == 0:
-        _checks.fail(op, "features", "at least one column", f"shape {tuple(features.shape)}")
+    n = _pairwise.check_features(op, features, DTYPES)
     _checks.check_tensor(op, "labels", labels, ndims=(1,))
     if labels.shape[0] != n:
         _checks.fail(op, "labels", f"shape ({n},) (one per feature row)", f"shape {tuple(labels.shape)}")

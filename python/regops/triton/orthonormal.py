@@ -19,12 +19,13 @@ set before triton is first imported.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 
 import torch
 import triton
 import triton.language as tl
+
+from . import _host
 
 _OP = "regops.orthonormal_penalty"
 _SUPPORTED = (torch.float32, torch.float64, torch.bfloat16)
@@ -226,39 +227,11 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
 
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _kernel_is_interpreted() -> bool:
-    # triton.jit picks the interpreter when the decorator runs (this module's import), so the
-    # environment at call time alone does not say which one we hold.
-    return not isinstance(orthonormal_fwd_kernel, triton.runtime.jit.JITFunction)
-
-
 def _check_device(t: torch.Tensor) -> None:
-    if t.device.type == "cpu":
-        if not _interpreted():
-            raise RuntimeError(
-                f"{_OP}: impl: the triton kernel runs on CPU tensors only under TRITON_INTERPRET=1, "
-                f"got a CPU tensor with TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '')!r}")
-        if not _kernel_is_interpreted():
-            raise RuntimeError(
-                f"{_OP}: impl: TRITON_INTERPRET=1 was set after triton compiled this module's kernels; "
-                "set it before the first import of triton to run on CPU tensors")
-    elif t.device.type == "cuda":
-        if _kernel_is_interpreted() and not _interpreted():
-            raise RuntimeError(
-                f"{_OP}: impl: this module's kernels were loaded under TRITON_INTERPRET=1, "
-                "which has since been unset; re-import with it unset to run on CUDA tensors")
-    else:
-        raise RuntimeError(f"{_OP}: impl: the triton kernel takes CUDA tensors "
-                           f"(or CPU tensors under TRITON_INTERPRET=1), got device {t.device}")
+    _host.check_device(_OP, t, orthonormal_fwd_kernel)
 
 
-def _device_guard(t: torch.Tensor):
-    # Triton launches on the current CUDA device; make it the tensor's.
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+_device_guard = _host.device_guard
 
 
 def _check_mats(mats: torch.Tensor) -> None:
