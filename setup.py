@@ -80,9 +80,10 @@ def extension():
     write_build_config()
     rel = lambda pattern: sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
     sources = ["csrc/ops.cpp", "csrc/python_module.cpp"] + rel("csrc/cpu/*.cpp")
+    # -fno-math-errno: lets loops with sqrt vectorize (nothing reads errno).
     # -fopenmp: at::parallel_for's OpenMP body is inline, so it runs in parallel only if this code is built
     # with OpenMP. At run time libgomp.so.1 resolves to the copy torch already loaded: one thread pool.
-    cxx = ["-O3", "-fopenmp", "-DREGOPS_HAVE_BUILD_CONFIG"]
+    cxx = ["-O3", "-fno-math-errno", "-fopenmp", "-DREGOPS_HAVE_BUILD_CONFIG"]
     kwargs = dict(include_dirs=[CONFIG_DIR, os.path.join(HERE, "csrc", "include")], extra_link_args=["-fopenmp"])
     if WITH_CUDA:
         sources += rel("csrc/cuda/*.cu") + rel("csrc/cuda/*.cpp")

@@ -60,4 +60,20 @@ TORCH_LIBRARY(regops, m) {
         "Tensor? cand_labels, Tensor? preds, Tensor? cand_preds, Tensor? weights, Tensor row_stats, int kind, "
         "int offset, float temperature, float threshold, float push, float label_norm) "
         "-> (Tensor grad_anchors, Tensor grad_candidates)");
+
+  // Streamed log-domain Sinkhorn (regops.ot; regops/sinkhorn_math.h has the per-pair math). Point clouds
+  // x (B, N, d), y (B, M, d) in float32/float64; every other tensor has their dtype and device. eps (B,) is
+  // the entropic regularization of each problem. cost: 0 sqeuclidean ‖x−y‖², 1 euclidean ‖x−y‖,
+  // 2 cosine 1 − ⟨x,y⟩/(‖x‖‖y‖ + 1e-8). No N×M tensor is ever formed.
+  // One half-update (f from g, or with x and y swapped, g from f), for pot (B, M), log_w and tau (B, N):
+  //   out_i = tau_i·(eps·log_w_i − eps·LSE_j((pot_j − c(x_i, y_j))/eps))   (−inf where log_w_i = −inf)
+  m.def("sinkhorn_update(Tensor x, Tensor y, Tensor pot, Tensor log_w, Tensor tau, Tensor eps, int cost) -> Tensor");
+  // The same on a given cost matrix C (B, N, M): transpose=False reduces over j (pot (B, M), out (B, N));
+  // transpose=True over i (pot (B, N), log_w and tau (B, M), out (B, M)), reading C as it is laid out.
+  m.def("sinkhorn_update_dense(Tensor cost_matrix, Tensor pot, Tensor log_w, Tensor tau, Tensor eps, "
+        "bool transpose) -> Tensor");
+  // The envelope gradient Σ_j P_ij ∇_x c(x_i, y_j) (B, N, d), P_ij = exp((f_i + g_j − c(x_i, y_j))/eps).
+  m.def("sinkhorn_cost_grad(Tensor x, Tensor y, Tensor f, Tensor g, Tensor eps, int cost) -> Tensor");
+  // P·v: out_i = Σ_j P_ij v_j (B, N, k) for v (B, M, k).
+  m.def("sinkhorn_apply(Tensor x, Tensor y, Tensor f, Tensor g, Tensor v, Tensor eps, int cost) -> Tensor");
 }

@@ -26,11 +26,13 @@
 #include "regops/checks.h"
 #include "regops/contrastive_math.h"
 #include "simd_exp.h"
+#include "tile_blas.h"
 
 namespace regops {
 namespace {
 
 using namespace contrastive;
+using namespace tile_blas;
 
 template <typename T>
 struct Problem {
@@ -57,34 +59,6 @@ struct Problem {
     return supcon_element(s, la[r] == lc[col], diag);
   }
 };
-
-// ---- BLAS on row-major tiles, through ATen's mm (MKL/OpenBLAS; single-threaded inside our parallel region) ----
-
-template <typename T>
-at::Tensor view(const T* p, int64_t rows, int64_t cols) {
-  return at::from_blob(const_cast<T*>(p), {rows, cols}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
-}
-
-// C (rows × cols) = alpha · X Yᵀ with X (rows × d), Y (cols × d).
-template <typename T>
-void gemm_xyt(int64_t rows, int64_t cols, int64_t d, T alpha, const T* X, const T* Y, T* C) {
-  auto c = view(C, rows, cols);
-  at::addmm_out(c, c, view(X, rows, d), view(Y, cols, d).t(), 0, alpha);  // beta 0: C is not read
-}
-
-// out (rows × d) += alpha · E Y with E (rows × k), Y (k × d).
-template <typename T>
-void gemm_acc_ey(int64_t rows, int64_t k, int64_t d, T alpha, const T* E, const T* Y, T* out) {
-  auto o = view(out, rows, d);
-  at::addmm_out(o, o, view(E, rows, k), view(Y, k, d), 1, alpha);
-}
-
-// out (rows × d) += alpha · Eᵀ Y with E (k × rows), Y (k × d).
-template <typename T>
-void gemm_acc_ety(int64_t rows, int64_t k, int64_t d, T alpha, const T* E, const T* Y, T* out) {
-  auto o = view(out, rows, d);
-  at::addmm_out(o, o, view(E, k, rows).t(), view(Y, k, d), 1, alpha);
-}
 
 template <typename T>
 void transpose(const T* src, int64_t rows, int64_t cols, T* dst) {

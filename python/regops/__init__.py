@@ -9,10 +9,11 @@ from .ops.hard_pair_mixup import HardPairMixup, hard_pair_mixup
 from .ops.orthonormal import orthonormal_penalty
 from .ops.sorsa import sorsa_ortho_loss, sorsa_regularize_
 from . import nn
+from . import ot
 
 try:
     __version__ = _version("regops")
 except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0.0.0+source"
 
-__all__ = ["conr_loss", "supcon_loss", "focal_supcon_loss", "hard_pair_mixup", "HardPairMixup", "empty_cache", "orthonormal_penalty", "sorsa_ortho_loss", "sorsa_regularize_", "nn", "__version__"]
+__all__ = ["conr_loss", "supcon_loss", "focal_supcon_loss", "hard_pair_mixup", "HardPairMixup", "empty_cache", "orthonormal_penalty", "sorsa_ortho_loss", "sorsa_regularize_", "nn", "ot", "__version__"]
