@@ -7,6 +7,8 @@ PYTHON ?= python3
 VENV := .venv
 VENV_CPU := .venv-cpu
 TEST_DEPS := pytest pytest-timeout hypothesis numpy
+# Peers: POT and OTT-JAX are checked against in the tests; all three are benchmarked.
+PEER_DEPS := pot ott-jax geomloss
 PYTEST_FLAGS ?= -q -ra --durations=20 --timeout=900
 export MAX_JOBS ?= 2
 
@@ -15,7 +17,7 @@ export MAX_JOBS ?= 2
 $(VENV)/.deps:
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip setuptools wheel
-	$(VENV)/bin/pip install -q torch==2.14.1 $(TEST_DEPS)
+	$(VENV)/bin/pip install -q torch==2.14.1 $(TEST_DEPS) $(PEER_DEPS)
 	touch $@
 
 build: $(VENV)/.deps

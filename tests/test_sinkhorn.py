@@ -546,3 +546,21 @@ def test_memory_is_linear():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     assert float(res.stdout.strip().splitlines()[-1]) < 64
+
+
+@pytest.mark.skipif("triton" not in CPU_IMPLS, reason="triton not available here")
+@pytest.mark.parametrize("cost", COSTS)
+def test_triton_solver_matches_reference(cost):
+    """The whole solve through the Triton kernels (interpreted here): potentials, costs and envelope gradients."""
+    x, y = clouds(2, 9, 11, 3, dtype=torch.float32)
+    xr, xt = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ref = S.sinkhorn(xr, y, eps=0.5, cost=cost, tol=0, max_iter=6, impl="reference")
+    got = S.sinkhorn(xt, y, eps=0.5, cost=cost, tol=0, max_iter=6, impl="triton")
+    assert_close(got.f, ref.f, rtol=1e-4, atol=1e-4)
+    assert_close(got.g, ref.g, rtol=1e-4, atol=1e-4)
+    assert_close(got.reg_ot_cost, ref.reg_ot_cost, rtol=1e-4, atol=1e-4)
+    ref.reg_ot_cost.sum().backward()
+    got.reg_ot_cost.sum().backward()
+    assert_close(xt.grad, xr.grad, rtol=1e-4, atol=1e-4)
+    with pytest.raises(TypeError, match="dtype float32 for impl='triton'"):
+        S.sinkhorn(x.double(), y.double(), impl="triton")

@@ -269,6 +269,79 @@ REGOPS_ALWAYS_INLINE void dense_cols_impl(const T* C, int64_t N, int64_t ld, int
 }
 
 #ifdef REGOPS_HAVE_X86_SIMD
+// The hot loop of the solver, float32 with small d: u for one row over a column chunk in one pass (into buf,
+// with its max alongside), then Σ e^{u − max}; no tile of q is written. The same formulas as fill_q + q_to_u.
+REGOPS_AVX2 void fused_row_chunk_avx2(const Pass<float>& p, int64_t i, int64_t j0, int64_t nj, float* buf,
+                                      Lse<float>* acc) {
+  const int64_t d = p.d;
+  const float* xi = p.x + i * d;
+  const float* yT = p.yT + j0;
+  const float* h = p.h + j0;
+  const float ie = p.inv_eps;
+  const int64_t nv = nj & ~int64_t(7);
+  __m256 vmax = _mm256_set1_ps(-INFINITY);
+  if (p.cost == kSqEuclidean) {
+    float coef[kLoopMaxDim];
+    for (int64_t k = 0; k < d; ++k) coef[k] = 2.0f * ie * xi[k];
+    for (int64_t c = 0; c < nv; c += 8) {
+      __m256 u = _mm256_loadu_ps(h + c);
+      for (int64_t k = 0; k < d; ++k)
+        u = _mm256_fmadd_ps(_mm256_broadcast_ss(coef + k), _mm256_loadu_ps(yT + k * p.M + c), u);
+      _mm256_storeu_ps(buf + c, u);
+      vmax = _mm256_max_ps(vmax, u);
+    }
+  } else if (p.cost == kEuclidean) {
+    const __m256 vie = _mm256_set1_ps(ie), zero = _mm256_setzero_ps();
+    for (int64_t c = 0; c < nv; c += 8) {
+      __m256 s = zero;
+      for (int64_t k = 0; k < d; ++k) {
+        const __m256 t = _mm256_sub_ps(_mm256_broadcast_ss(xi + k), _mm256_loadu_ps(yT + k * p.M + c));
+        s = _mm256_fmadd_ps(t, t, s);
+      }
+      const __m256 u = _mm256_fnmadd_ps(vie, _mm256_sqrt_ps(_mm256_max_ps(s, zero)), _mm256_loadu_ps(h + c));
+      _mm256_storeu_ps(buf + c, u);
+      vmax = _mm256_max_ps(vmax, u);
+    }
+  } else {
+    const __m256 vie = _mm256_set1_ps(ie), vnx = _mm256_set1_ps(p.nx[i]), ridge = _mm256_set1_ps(float(kCosineRidge));
+    const float* ny = p.ny + j0;
+    for (int64_t c = 0; c < nv; c += 8) {
+      __m256 dot = _mm256_setzero_ps();
+      for (int64_t k = 0; k < d; ++k)
+        dot = _mm256_fmadd_ps(_mm256_broadcast_ss(xi + k), _mm256_loadu_ps(yT + k * p.M + c), dot);
+      const __m256 den = _mm256_fmadd_ps(vnx, _mm256_loadu_ps(ny + c), ridge);
+      const __m256 u = _mm256_fmadd_ps(vie, _mm256_div_ps(dot, den), _mm256_loadu_ps(h + c));
+      _mm256_storeu_ps(buf + c, u);
+      vmax = _mm256_max_ps(vmax, u);
+    }
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, vmax);
+  float m = row_max_scalar(lanes, 8);
+  if (nv < nj) {  // the tail through the tile path's formulas
+    float q[8];
+    fill_q(p, i, 1, j0 + nv, nj - nv, q);
+    q_to_u(p, i, j0 + nv, nj - nv, q, buf + nv);
+    for (int64_t c = nv; c < nj; ++c) m = buf[c] > m ? buf[c] : m;
+  }
+  if (m != -INFINITY) acc->merge(m, simd::exp_shift_sum_avx2(buf, nj, m));
+}
+
+REGOPS_AVX2 void update_rows_fused_avx2(const Pass<float>& p, int64_t i0, int64_t ni, const float* log_w,
+                                        const float* tau, float* out, float* buf) {
+  Lse<float> acc[kLoopRows];
+  for (int64_t j0 = 0; j0 < p.M; j0 += kLoopCols) {  // y's chunk stays in cache across the rows
+    const int64_t nj = std::min(kLoopCols, p.M - j0);
+    for (int64_t r = 0; r < ni; ++r) fused_row_chunk_avx2(p, i0 + r, j0, nj, buf, &acc[r]);
+  }
+  for (int64_t r = 0; r < ni; ++r) {
+    const int64_t i = i0 + r;
+    out[i] = potential_from_lse(tau[i], p.eps, log_w[i], acc[r].value() + p.row_const(i));
+  }
+}
+#endif
+
+#ifdef REGOPS_HAVE_X86_SIMD
 template <typename T>
 REGOPS_AVX2 void update_rows_avx2(const Pass<T>& p, int64_t i0, int64_t ni, const T* lw, const T* tau, T* out, T* q) {
   update_rows_impl(p, i0, ni, lw, tau, out, q);
@@ -292,6 +365,9 @@ REGOPS_AVX2 void dense_cols_avx2(const T* C, int64_t N, int64_t ld, int64_t j0, 
 template <typename T>
 void update_rows(const Pass<T>& p, int64_t i0, int64_t ni, const T* lw, const T* tau, T* out, T* q) {
 #ifdef REGOPS_HAVE_X86_SIMD
+  if constexpr (std::is_same_v<T, float>) {
+    if (simd::has_avx2_fma() && !p.gemm) return update_rows_fused_avx2(p, i0, ni, lw, tau, out, q);
+  }
   if (simd::has_avx2_fma()) return update_rows_avx2(p, i0, ni, lw, tau, out, q);
 #endif
   update_rows_impl(p, i0, ni, lw, tau, out, q);
