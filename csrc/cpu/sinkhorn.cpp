@@ -33,7 +33,7 @@ using namespace sinkhorn;
 
 #define REGOPS_ALWAYS_INLINE inline __attribute__((always_inline))
 
-constexpr int64_t kLoopMaxDim = 16;  // up to this d, tiles are filled by loops; above, by a GEMM
+constexpr int64_t kLoopMaxDim = 12;  // up to this d, tiles are filled by loops; above, by a GEMM (measured crossover)
 constexpr int64_t kLoopRows = 16, kLoopCols = 1024;  // loop tiles: y's column chunk (d × 1024) stays in L1/L2
 constexpr int64_t kGemmRows = 128, kGemmCols = 256;
 
@@ -509,10 +509,15 @@ void check_cloud(const char* op, const char* arg, const at::Tensor& t) {
   check_device(op, arg, t, c10::DeviceType::CPU);
 }
 
+std::string shape_str(const std::vector<int64_t>& shape) {  // "(2, 4)", as the Python checks write it
+  std::string s = "(";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + (shape.size() == 1 ? ",)" : ")");
+}
+
 void check_like(const char* op, const char* arg, const at::Tensor& t, std::vector<int64_t> shape,
                 const at::Tensor& like) {
-  REGOPS_CHECK_VALUE(t.sizes() == at::IntArrayRef(shape), op, arg, "shape " + c10::str(at::IntArrayRef(shape)),
-                     describe(t));
+  REGOPS_CHECK_VALUE(t.sizes() == at::IntArrayRef(shape), op, arg, "shape " + shape_str(shape), describe(t));
   REGOPS_CHECK_TYPE(t.scalar_type() == like.scalar_type(), op, arg,
                     "dtype " + c10::str(like.scalar_type()) + " (as the points)", describe(t));
   REGOPS_CHECK_DEVICE(t.device() == like.device(), op, arg, "device " + c10::str(like.device()) + " (as the points)",
