@@ -7,8 +7,8 @@ PYTHON ?= python3
 VENV := .venv
 VENV_CPU := .venv-cpu
 TEST_DEPS := pytest pytest-timeout hypothesis numpy
-# Peers: POT and OTT-JAX are checked against in the tests; all three are benchmarked.
-PEER_DEPS := pot ott-jax geomloss
+# Peers: POT and OTT-JAX are checked against in the tests; all three are benchmarked. matplotlib: examples/
+PEER_DEPS := pot ott-jax geomloss matplotlib
 PYTEST_FLAGS ?= -q -ra --durations=20 --timeout=900
 export MAX_JOBS ?= 2
 

@@ -76,4 +76,9 @@ TORCH_LIBRARY(regops, m) {
   m.def("sinkhorn_cost_grad(Tensor x, Tensor y, Tensor f, Tensor g, Tensor eps, int cost) -> Tensor");
   // P·v: out_i = Σ_j P_ij v_j (B, N, k) for v (B, M, k).
   m.def("sinkhorn_apply(Tensor x, Tensor y, Tensor f, Tensor g, Tensor v, Tensor eps, int cost) -> Tensor");
+
+  // P²OT's stabilized kernel-domain scaling, one fused pass over the kernel K (N, Kc) (float32/float64):
+  //   row_scale_i = row_target_i / Σ_j K_ij col_scale_j,   col_sum_j = Σ_i K_ij row_scale_i
+  // Each row's new scale is applied while the row is in cache: one read of K per Sinkhorn iteration.
+  m.def("p2ot_scaling_pass(Tensor kernel, Tensor col_scale, Tensor row_target) -> (Tensor row_scale, Tensor col_sum)");
 }

@@ -327,6 +327,65 @@ REGOPS_AVX2 void fused_row_chunk_avx2(const Pass<float>& p, int64_t i, int64_t j
   if (m != -INFINITY) acc->merge(m, simd::exp_shift_sum_avx2(buf, nj, m));
 }
 
+// The GEMM path, float32: u = (pot − c)/eps − row_const from the tile q of ⟨x, y⟩ (sqeuclidean, cosine) or
+// ‖x − y‖² (euclidean) and its max in one pass, into u. Returns the max.
+REGOPS_AVX2 float q_to_u_max_avx2(const Pass<float>& p, int64_t i, int64_t j0, int64_t nj, const float* q, float* u) {
+  const float* h = p.h + j0;
+  const __m256 vie = _mm256_set1_ps(p.inv_eps), zero = _mm256_setzero_ps();
+  const int64_t nv = nj & ~int64_t(7);
+  __m256 vmax = _mm256_set1_ps(-INFINITY);
+  if (p.cost == kSqEuclidean) {
+    const __m256 s = _mm256_set1_ps(2.0f * p.inv_eps);
+    for (int64_t c = 0; c < nv; c += 8) {
+      const __m256 v = _mm256_fmadd_ps(s, _mm256_loadu_ps(q + c), _mm256_loadu_ps(h + c));
+      _mm256_storeu_ps(u + c, v);
+      vmax = _mm256_max_ps(vmax, v);
+    }
+  } else if (p.cost == kEuclidean) {
+    for (int64_t c = 0; c < nv; c += 8) {
+      const __m256 v = _mm256_fnmadd_ps(vie, _mm256_sqrt_ps(_mm256_max_ps(_mm256_loadu_ps(q + c), zero)),
+                                        _mm256_loadu_ps(h + c));
+      _mm256_storeu_ps(u + c, v);
+      vmax = _mm256_max_ps(vmax, v);
+    }
+  } else {
+    const __m256 vnx = _mm256_set1_ps(p.nx[i]), ridge = _mm256_set1_ps(float(kCosineRidge));
+    const float* ny = p.ny + j0;
+    for (int64_t c = 0; c < nv; c += 8) {
+      const __m256 den = _mm256_fmadd_ps(vnx, _mm256_loadu_ps(ny + c), ridge);
+      const __m256 v = _mm256_fmadd_ps(vie, _mm256_div_ps(_mm256_loadu_ps(q + c), den), _mm256_loadu_ps(h + c));
+      _mm256_storeu_ps(u + c, v);
+      vmax = _mm256_max_ps(vmax, v);
+    }
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, vmax);
+  float m = row_max_scalar(lanes, 8);
+  if (nv < nj) {
+    q_to_u(p, i, j0 + nv, nj - nv, q + nv, u + nv);
+    for (int64_t c = nv; c < nj; ++c) m = u[c] > m ? u[c] : m;
+  }
+  return m;
+}
+
+REGOPS_AVX2 void update_rows_gemm_avx2(const Pass<float>& p, int64_t i0, int64_t ni, const float* log_w,
+                                       const float* tau, float* out, float* q) {
+  Lse<float> acc[kGemmRows];
+  for (int64_t j0 = 0; j0 < p.M; j0 += kGemmCols) {
+    const int64_t nj = std::min(kGemmCols, p.M - j0);
+    fill_q(p, i0, ni, j0, nj, q);
+    for (int64_t r = 0; r < ni; ++r) {
+      float* u = q + r * nj;
+      const float m = q_to_u_max_avx2(p, i0 + r, j0, nj, u, u);
+      if (m != -INFINITY) acc[r].merge(m, simd::exp_shift_sum_avx2(u, nj, m));
+    }
+  }
+  for (int64_t r = 0; r < ni; ++r) {
+    const int64_t i = i0 + r;
+    out[i] = potential_from_lse(tau[i], p.eps, log_w[i], acc[r].value() + p.row_const(i));
+  }
+}
+
 REGOPS_AVX2 void update_rows_fused_avx2(const Pass<float>& p, int64_t i0, int64_t ni, const float* log_w,
                                         const float* tau, float* out, float* buf) {
   Lse<float> acc[kLoopRows];
@@ -366,7 +425,9 @@ template <typename T>
 void update_rows(const Pass<T>& p, int64_t i0, int64_t ni, const T* lw, const T* tau, T* out, T* q) {
 #ifdef REGOPS_HAVE_X86_SIMD
   if constexpr (std::is_same_v<T, float>) {
-    if (simd::has_avx2_fma() && !p.gemm) return update_rows_fused_avx2(p, i0, ni, lw, tau, out, q);
+    if (simd::has_avx2_fma()) {
+      return p.gemm ? update_rows_gemm_avx2(p, i0, ni, lw, tau, out, q) : update_rows_fused_avx2(p, i0, ni, lw, tau, out, q);
+    }
   }
   if (simd::has_avx2_fma()) return update_rows_avx2(p, i0, ni, lw, tau, out, q);
 #endif

@@ -14,10 +14,12 @@ def ops_table():
     from .ops.contrastive import FOCAL_KERNELS, SUPCON_KERNELS
     from .ops.orthonormal import KERNELS as ORTHO
     from .ops.sorsa import REG_KERNELS
+    from .ops.p2ot import KERNELS as P2OT
     from .ot._backend import KERNELS as OT
     return {"orthonormal_penalty": ORTHO, "sorsa_ortho_loss": ORTHO, "sorsa_regularize_": REG_KERNELS,
             "conr_loss": CONR, "supcon_loss": SUPCON_KERNELS, "focal_supcon_loss": FOCAL_KERNELS,
-            "hard_pair_mixup": {}, "ot.sinkhorn": OT, "ot.sinkhorn_from_cost": OT, "ot.sinkhorn_divergence": OT}
+            "hard_pair_mixup": {}, "ot.sinkhorn": OT, "ot.sinkhorn_from_cost": OT, "ot.sinkhorn_divergence": OT,
+            "monge_gap": OT, "p2ot_plan": P2OT, "sp2ot_plan": P2OT}
 
 
 def info() -> None:

@@ -1,0 +1,346 @@
+"""P²OT and SP²OT pseudo-labels (rhfeiyang/PPOT, rhfeiyang/SPPOT) on regops' Sinkhorn.
+
+The official solver (SemiCurrSinkhornKnopp) scales Q = exp(−Ĉ/ε), Ĉ = [C | 0], C = −log_softmax(logits), in
+float64: a = Pa/(Q b); b = Pb/(Qᵀ a); b[:K] = b[:K]^τ (τ = γ/(γ+ε): a KL relaxation of the real columns), until
+‖b − b_prev‖₂ ≤ tol. Q ≈ softmax^{1/ε} underflows even in float64 for confident logits.
+
+The kernels keep that iteration but stabilized (POT's sinkhorn_stabilized idea): potentials α, β absorbed into
+K = exp((α ⊕ β − Ĉ)/ε) (float32 is enough: its rows are normalized when formed), and scalings u, v near 1.
+One fused pass over K per iteration gives u = Pa/(K v) and the column sums Kᵀu (regops::p2ot_scaling_pass);
+then v = (Pb/Kᵀu)^τ·e^{(τ−1)β/ε}. Every check_every iterations (the only host sync) the error is taken, and
+u, v are absorbed into α, β (K re-formed from an exact log-domain row step) when they drift. Across ranks
+(process_group) rows are sharded and only the column sums are all-reduced, as SwAV does.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .. import _checks
+from .._loader import has_compiled_ops, resolve_impl, triton_available
+from ..ot._backend import Kernels as SinkhornKernels
+from ..ot._solver import NonConvergenceWarning, SinkhornNotConverged
+from ..reference import p2ot as reference
+
+KERNELS = {"cpu": "p2ot_scaling_pass", "cuda": "p2ot_scaling_pass", "triton": "p2ot_scaling_pass_triton"}
+CHECK_EVERY = 10
+ABSORB_LOG = 20.0  # absorb u, v into the potentials once |log u| or |log v| exceeds this
+
+
+def _schema_registered(name: str) -> bool:
+    try:
+        getattr(torch.ops.regops, name)
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
+if has_compiled_ops() and _schema_registered("p2ot_scaling_pass"):
+    @torch.library.register_fake("regops::p2ot_scaling_pass")
+    def _fake_pass(kernel, col_scale, row_target):
+        return kernel.new_empty((kernel.shape[0],)), kernel.new_empty((kernel.shape[1],))
+
+if triton_available() and importlib.util.find_spec("regops.triton.p2ot") is not None:
+    from ..triton import p2ot as _triton_p2ot  # noqa: F401  (registers the triton op)
+
+
+@dataclass
+class P2OTState:
+    """The solver's column scaling, log b (K+1,) in float64 (the official solver keeps b between calls).
+    Interchangeable across impls; pass it as `init` to warm-start."""
+    log_col_scaling: torch.Tensor
+    n_iter: int = 0
+    converged: bool = False
+    error: float = math.nan
+
+
+def rho_schedule(step, total, rho0: float = 0.1, kind: str = "sigmoid") -> float:
+    """P²OT's mass schedule: sigmoid ρ_t = ρ0 + (1−ρ0)·exp(−5(1−t/T)²), or linear ρ0 + (1−ρ0)·t/T."""
+    _checks.check_choice("rho_schedule", "kind", kind, ("sigmoid", "linear"))
+    if total <= 0:
+        _checks.fail("rho_schedule", "total", "a positive number of steps", repr(total))
+    t = min(max(float(step) / float(total), 0.0), 1.0)
+    if kind == "linear":
+        return rho0 + (1 - rho0) * t
+    return rho0 + (1 - rho0) * math.exp(-5 * (1 - t) ** 2)
+
+
+def _pick(op, impl, t):
+    chosen = resolve_impl(op, impl, t.device, KERNELS)
+    if chosen == "triton" and t.dtype != torch.float32 and impl != "triton":
+        chosen = "reference"
+    return chosen
+
+
+def _pass(chosen):
+    if chosen == "triton":
+        return torch.ops.regops.p2ot_scaling_pass_triton
+    return torch.ops.regops.p2ot_scaling_pass
+
+
+def _check_logits(op, logits):
+    _checks.check_tensor(op, "logits", logits, ndims=(2,))
+    if not logits.is_floating_point():
+        _checks.fail(op, "logits", "a floating-point tensor", f"dtype {_checks.dtype_name(logits.dtype)}", TypeError)
+    if logits.shape[0] == 0:
+        _checks.fail(op, "logits", "at least one row", f"shape {tuple(logits.shape)}")
+    if logits.shape[1] == 0:
+        _checks.fail(op, "logits", "K >= 1 columns (clusters)", f"shape {tuple(logits.shape)}")
+    if not torch.compiler.is_compiling():
+        _checks.check_finite_eager(op, "logits", logits)
+
+
+def _check_params(op, rho, eps, gamma, max_iter, tol, on_nonconvergence):
+    if not (0 < float(rho) <= 1):
+        _checks.fail(op, "rho", "a mass in (0, 1]", repr(rho))
+    if not (float(eps) > 0 and math.isfinite(float(eps))):
+        _checks.fail(op, "eps", "a positive finite number", repr(eps))
+    if not (float(gamma) > 0 and math.isfinite(float(gamma))):
+        _checks.fail(op, "gamma", "a positive finite number", repr(gamma))
+    if not isinstance(max_iter, int) or max_iter < 1:
+        _checks.fail(op, "max_iter", "an int >= 1", repr(max_iter))
+    if not (tol >= 0):
+        _checks.fail(op, "tol", "a number >= 0", repr(tol))
+    _checks.check_choice(op, "on_nonconvergence", on_nonconvergence, ("warn", "raise", "ignore"))
+
+
+def _world(process_group):
+    if process_group is None:
+        return 1
+    import torch.distributed as dist
+    return dist.get_world_size(process_group)
+
+
+def _marginals(K, rho, eps, gamma, n_global, device):
+    log_col = torch.full((K + 1,), math.log(rho / K), dtype=torch.float64, device=device)
+    log_col[K] = math.log1p(-rho) if rho < 1 else -math.inf
+    tau = torch.full((K + 1,), gamma / (gamma + eps), dtype=torch.float64, device=device)
+    tau[K] = 1.0
+    return log_col, tau
+
+
+def _init_log_b(op, init, Kc, device):
+    if init is None:
+        return torch.full((Kc,), -math.log(Kc), dtype=torch.float64, device=device)
+    lb = init.log_col_scaling if isinstance(init, P2OTState) else init
+    if not isinstance(lb, torch.Tensor) or lb.shape != (Kc,):
+        _checks.fail(op, "init", f"a P2OTState (or log column scaling) of shape ({Kc},)",
+                     f"{type(init).__name__}" + (f" of shape {tuple(lb.shape)}" if isinstance(lb, torch.Tensor) else ""))
+    return lb.detach().to(device=device, dtype=torch.float64)
+
+
+def _solve_stabilized(C_hat, n_global, log_col, tau, eps, log_b0, *, max_iter, tol, chosen, process_group):
+    """The kernels' path. Returns (plan (N, Kc) in C_hat's dtype, log_b (Kc,) float64, n_iter, err)."""
+    dt, dev = C_hat.dtype, C_hat.device
+    N, Kc = C_hat.shape
+    sk = SinkhornKernels(chosen)
+    scaling_pass = _pass(chosen)
+    e1 = torch.full((1,), eps, dtype=dt, device=dev)
+    row_target = torch.full((N,), 1.0 / n_global, dtype=dt, device=dev)
+    log_row = torch.full((1, N), -math.log(n_global), dtype=dt, device=dev)
+    ones_n = torch.ones((1, N), dtype=dt, device=dev)
+    tau_t, log_col_t = tau.to(dt), log_col.to(dt)
+    Cb = C_hat[None]
+
+    def form(beta):
+        # An exact log-domain row step: α = ε log Pa − ε LSE_j((β_j − Ĉ_ij)/ε), so K's rows sum to Pa.
+        alpha = sk.update_dense(Cb, beta.to(dt)[None], log_row, ones_n, e1, False)[0]
+        return torch.exp((alpha[:, None] + beta.to(dt)[None, :] - C_hat) / eps)
+
+    def allreduce(t):
+        if process_group is not None:
+            import torch.distributed as dist
+            dist.all_reduce(t, group=process_group)
+        return t
+
+    beta = eps * log_b0  # float64: log b = β/ε + log v
+    Kt = form(beta)
+    log_v = torch.zeros(Kc, dtype=torch.float64, device=dev)
+    v = torch.ones(Kc, dtype=dt, device=dev)
+    good = log_b0.clone()
+    err = torch.tensor(math.inf, dtype=torch.float64)
+    n_iter, recoveries = max_iter, 0
+    u = row_target
+    relaxed = tau < 1
+    for it in range(max_iter):
+        u, col = scaling_pass(Kt, v, row_target)
+        col = allreduce(col)
+        # (τ−1)β/ε only where τ < 1: a zero-mass virtual column (ρ = 1) has β = −inf and τ = 1
+        shift = torch.where(relaxed, (tau - 1) * beta / eps, torch.zeros_like(beta)).to(dt)
+        log_v_new = (tau_t * (log_col_t - torch.log(col)) + shift).double()
+        check = (it + 1) % CHECK_EVERY == 0 or it + 1 == max_iter
+        if not check:
+            log_v = log_v_new
+            v = torch.exp(log_v).to(dt)
+            continue
+        log_b_prev = beta / eps + log_v  # b after the previous iteration
+        log_b = beta / eps + log_v_new
+        err_now = reference.b_change(log_b, log_b_prev)
+        finite = not bool(torch.isnan(log_b).any() or (log_b == math.inf).any()) and bool(torch.isfinite(u).all())
+        if not finite:  # a row or column sum underflowed: restart from the last good scaling, exactly
+            recoveries += 1
+            if recoveries > 5:
+                raise FloatingPointError("regops.p2ot_plan: the stabilized scaling kept underflowing; "
+                                         "please report the logits")
+            beta, log_v = eps * good, torch.zeros_like(log_v)
+            Kt, v = form(beta), torch.ones_like(v)
+            continue
+        good = log_b
+        err = err_now
+        log_v = log_v_new
+        if float(err) <= tol:
+            n_iter = it + 1
+            break
+        u_log = torch.log(u.double())  # u = Pa/(K v) stays near 1 once K is formed
+        drift = max(float(log_v[torch.isfinite(log_v)].abs().max()), float(u_log.abs().max()))
+        if it + 1 < max_iter and drift > ABSORB_LOG:
+            beta, log_v = beta + eps * log_v, torch.zeros_like(log_v)
+            Kt, v = form(beta), torch.ones_like(v)
+        else:
+            v = torch.exp(log_v).to(dt)
+    plan = u[:, None] * Kt * torch.exp(log_v).to(dt)[None, :]
+    return plan, beta / eps + log_v, n_iter, err
+
+
+def _solve(op, C_hat, n_global, rho, eps, gamma, init, *, max_iter, tol, on_nonconvergence, process_group, chosen):
+    K = C_hat.shape[1] - 1
+    log_col, tau = _marginals(K, rho, eps, gamma, n_global, C_hat.device)
+    log_b0 = _init_log_b(op, init, K + 1, C_hat.device)
+    with torch.no_grad():
+        if chosen == "reference":
+            log_row = torch.full((C_hat.shape[0],), -math.log(n_global), dtype=torch.float64, device=C_hat.device)
+            log_a, log_b, n_iter, err = reference.semi_relaxed_sinkhorn(
+                C_hat, log_row, log_col, tau, eps, log_b0, max_iter=max_iter, tol=tol, check_every=CHECK_EVERY,
+                process_group=process_group)
+            plan = reference.plan(C_hat, log_a, log_b, eps)
+        else:
+            plan, log_b, n_iter, err = _solve_stabilized(C_hat, n_global, log_col, tau, eps, log_b0,
+                                                         max_iter=max_iter, tol=tol, chosen=chosen,
+                                                         process_group=process_group)
+    converged = bool(err <= tol)
+    if tol > 0 and not converged and on_nonconvergence != "ignore":
+        msg = (f"regops.{op}: did not converge: ‖b − b_prev‖₂/max(1, ‖b‖₂) = {float(err):.3e} > tol {tol:g} after {n_iter} "
+               f"iterations; raise max_iter or tol")
+        if on_nonconvergence == "raise":
+            raise SinkhornNotConverged(msg)
+        warnings.warn(msg, NonConvergenceWarning, stacklevel=3)
+    state = P2OTState(log_b.double(), n_iter=n_iter, converged=converged, error=float(err))
+    return plan, state
+
+
+def _cost(logits):
+    dt = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    C = -torch.log_softmax(logits.detach().to(dt), dim=1)
+    return torch.cat([C, C.new_zeros(C.shape[0], 1)], 1)
+
+
+def p2ot_plan(logits, rho, *, eps=0.1, gamma=1.0, max_iter=1000, tol=1e-6, init=None, on_nonconvergence="warn",
+              process_group=None, impl=None):
+    """P²OT pseudo-labels: (plan (N, K) float32, no gradient; state) for logits (N, K).
+
+    plan = N·(transport plan)[:, :K]: rows sum to at most 1, total mass N·ρ. With process_group, the rows of all
+    ranks form one problem (N counts them all) and each rank gets its rows of the plan."""
+    op = "p2ot_plan"
+    _check_logits(op, logits)
+    _check_params(op, rho, eps, gamma, max_iter, tol, on_nonconvergence)
+    chosen = _pick(op, impl, logits)
+    n_global = logits.shape[0] * _world(process_group)
+    C_hat = _cost(logits)
+    plan, state = _solve(op, C_hat, n_global, float(rho), float(eps), float(gamma), init, max_iter=max_iter, tol=tol,
+                         on_nonconvergence=on_nonconvergence, process_group=process_group, chosen=chosen)
+    return (n_global * plan[:, :-1]).float(), state
+
+
+class P2OT:
+    """P²OT with its state kept between calls (the official solver keeps b): warm-starts itself."""
+
+    def __init__(self, *, eps=0.1, gamma=1.0, max_iter=1000, tol=1e-6, on_nonconvergence="warn", process_group=None,
+                 impl=None):
+        self.kw = dict(eps=eps, gamma=gamma, max_iter=max_iter, tol=tol, on_nonconvergence=on_nonconvergence,
+                       process_group=process_group, impl=impl)
+        self.state: Optional[P2OTState] = None
+
+    def __call__(self, logits, rho):
+        if self.state is not None and self.state.log_col_scaling.shape[0] != logits.shape[1] + 1:
+            self.state = None  # the number of clusters changed
+        plan, self.state = p2ot_plan(logits, rho, init=self.state, **self.kw)
+        return plan
+
+    def reset(self):
+        self.state = None
+
+
+# ---- SP²OT ----
+
+def topk_gaussian_similarity(features, k: int = 20, sigma: float = 2.0, *, block_rows: int = 1024):
+    """The official SP²OT similarity: S_ij = exp(−‖f_i − f_j‖²/(2σ²D)) for the k nearest j ≠ i of each row, zero
+    elsewhere (not symmetrized), as a sparse (N, N) COO tensor. Rows are processed in blocks: never N×N."""
+    op = "topk_gaussian_similarity"
+    _checks.check_tensor(op, "features", features, ndims=(2,))
+    if not features.is_floating_point():
+        _checks.fail(op, "features", "a floating-point tensor", _checks.dtype_name(features.dtype), TypeError)
+    N, D = features.shape
+    if N < 2:
+        _checks.fail(op, "features", "at least two rows", f"shape {tuple(features.shape)}")
+    if not isinstance(k, int) or k < 1:
+        _checks.fail(op, "k", "an int >= 1", repr(k))
+    k = min(k, N - 1)
+    f = features.detach().float()
+    sq = f.pow(2).sum(1)
+    rows, cols, vals = [], [], []
+    for i0 in range(0, N, block_rows):
+        fb = f[i0:i0 + block_rows]
+        d2 = (sq[i0:i0 + fb.shape[0], None] + sq[None, :] - 2 * fb @ f.T).clamp_min(0)
+        d2[torch.arange(fb.shape[0]), torch.arange(i0, i0 + fb.shape[0])] = float("inf")  # not itself
+        dist, idx = torch.topk(d2, k, dim=1, largest=False)
+        rows.append(torch.arange(i0, i0 + fb.shape[0], device=f.device).repeat_interleave(k))
+        cols.append(idx.reshape(-1))
+        vals.append(torch.exp(-dist.reshape(-1) / (2 * sigma ** 2 * D)))
+    ind = torch.stack([torch.cat(rows), torch.cat(cols)])
+    return torch.sparse_coo_tensor(ind, torch.cat(vals), (N, N), check_invariants=True).coalesce()
+
+
+def _sym_times(S, Q):
+    """(S + Sᵀ) Q for a dense or sparse S."""
+    if S.is_sparse:
+        return torch.sparse.mm(S, Q) + torch.sparse.mm(S.t(), Q)
+    return S @ Q + S.T @ Q
+
+
+def sp2ot_plan(logits, rho, similarity, *, lam=None, eps=0.1, gamma=1.0, mm_iters=100, mm_tol=1e-6, max_iter=1000,
+               tol=1e-6, on_nonconvergence="warn", impl=None):
+    """SP²OT pseudo-labels: minimizes ⟨Q,C⟩ − λ⟨S, QQᵀ⟩ + ε·Σ Q log Q by majorize–minimize, each step a P²OT
+    solve on C_t = C − λ(S + Sᵀ)Q_t from Q_0 = ρ/(NK), until the objective moves by less than mm_tol.
+    Returns (plan = N·Q (N, K) float32, state). similarity: dense (N, N) or sparse (topk_gaussian_similarity)."""
+    op = "sp2ot_plan"
+    _check_logits(op, logits)
+    _check_params(op, rho, eps, gamma, max_iter, tol, on_nonconvergence)
+    N, K = logits.shape
+    _checks.check_tensor(op, "similarity", similarity)
+    if tuple(similarity.shape) != (N, N):
+        _checks.fail(op, "similarity", f"shape ({N}, {N})", f"shape {tuple(similarity.shape)}")
+    if not isinstance(mm_iters, int) or mm_iters < 1:
+        _checks.fail(op, "mm_iters", "an int >= 1", repr(mm_iters))
+    lam = 1000.0 * (1 - float(rho)) if lam is None else float(lam)
+    chosen = _pick(op, impl, logits)
+    C_hat = _cost(logits)
+    C = C_hat[:, :-1]
+    S = similarity.detach().to(device=C.device, dtype=C.dtype)
+    Q = torch.full((N, K), float(rho) / (N * K), dtype=C.dtype, device=C.device)
+    state, prev = None, None
+    for _ in range(mm_iters):
+        Ct = torch.cat([C - lam * _sym_times(S, Q), C.new_zeros(N, 1)], 1)
+        plan, state = _solve(op, Ct, N, float(rho), float(eps), float(gamma), state, max_iter=max_iter, tol=tol,
+                             on_nonconvergence=on_nonconvergence, process_group=None, chosen=chosen)
+        Q = plan[:, :-1].to(C.dtype)
+        SQ = torch.sparse.mm(S, Q) if S.is_sparse else S @ Q
+        obj = float((Q * C).sum() - lam * (Q * SQ).sum() + eps * torch.special.xlogy(Q, Q).sum())
+        if prev is not None and abs(obj - prev) < mm_tol:
+            break
+        prev = obj
+    return (N * Q).float(), state
