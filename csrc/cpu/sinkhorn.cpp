@@ -35,7 +35,7 @@ using namespace sinkhorn;
 
 constexpr int64_t kLoopMaxDim = 12;  // up to this d, tiles are filled by loops; above, by a GEMM (measured crossover)
 constexpr int64_t kLoopRows = 16, kLoopCols = 1024;  // loop tiles: y's column chunk (d × 1024) stays in L1/L2
-constexpr int64_t kGemmRows = 128, kGemmCols = 256;
+constexpr int64_t kGemmRows = 256, kGemmCols = 512;
 
 // One batch element of a pass that reduces over y for each row of x.
 template <typename T>
