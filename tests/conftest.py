@@ -36,6 +36,14 @@ def _seed():
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+def free_port() -> int:
+    """A free localhost port for a spawned gloo group."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 # ---- GPU validation record (scripts/gpu_check.sh) ----
 # A CUDA test marked @pytest.mark.gpu_validates("op", ...) and parametrized by `impl` vouches for those
 # (op, impl) pairs. With REGOPS_GPU_VALIDATED_OUT set, the pairs whose every such test passed (and none

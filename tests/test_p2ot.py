@@ -3,7 +3,6 @@ scaling loop where it does not underflow, the properties of the plan, warm start
 2-process gloo run against one process on the concatenated rows."""
 import math
 import os
-import socket
 import sys
 import warnings
 
@@ -16,7 +15,7 @@ import regops
 from regops.ops import p2ot as P
 from regops.reference import p2ot as R
 
-from conftest import cpu_impls
+from conftest import cpu_impls, free_port
 
 IMPLS = ["reference"] + cpu_impls(P.KERNELS)
 KERNEL_IMPLS = [i for i in IMPLS if i != "reference"]
@@ -228,18 +227,12 @@ def _worker(rank, port, impls, failures):
     os._exit(0)  # see test_pairwise_distributed.py: gloo's teardown sometimes aborts
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo")
 @pytest.mark.skipif(sys.platform != "linux", reason="spawned gloo workers: Linux only here")
 def test_process_group_equals_the_concatenated_rows():
     impls = ["reference"] + [i for i in KERNEL_IMPLS if i == "cpu"]
     with mp.Manager() as manager:
         failures = manager.list()
-        mp.spawn(_worker, args=(_free_port(), impls, failures), nprocs=WORLD, join=True)
+        mp.spawn(_worker, args=(free_port(), impls, failures), nprocs=WORLD, join=True)
         failures = list(failures)
     assert not failures, "\n".join(failures)

@@ -2,7 +2,6 @@
 gradient equals the single-process gradient of the loss over the concatenated batch, and the mean of the
 ranks' losses equals that loss. One spawn checks every op and every CPU impl, to keep the cost to one start."""
 import os
-import socket
 import sys
 
 import pytest
@@ -83,21 +82,15 @@ def _worker(rank, port, impls, failures):
     os._exit(0)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo")
 @pytest.mark.skipif(sys.platform != "linux", reason="spawned gloo workers: Linux only here")
 def test_ddp_gradients_equal_the_concatenated_batch():
-    from conftest import cpu_impls
+    from conftest import cpu_impls, free_port
     from regops.ops import _pairwise
     impls = ["reference"] + [i for i in cpu_impls(_pairwise.KERNELS) if i == "cpu"]
     with mp.Manager() as manager:
         failures = manager.list()
-        mp.spawn(_worker, args=(_free_port(), impls, failures), nprocs=WORLD, join=True)
+        mp.spawn(_worker, args=(free_port(), impls, failures), nprocs=WORLD, join=True)
         failures = list(failures)
     assert not failures, "\n".join(failures)
 

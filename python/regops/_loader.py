@@ -37,6 +37,17 @@ def has_compiled_ops() -> bool:
     return _C is not None or LIBRARY_PATH is not None
 
 
+def schema_registered(name: str) -> bool:
+    """Whether the loaded library declares `regops::<name>` (an older build may lack newer ops)."""
+    if not has_compiled_ops():
+        return False
+    try:
+        getattr(torch.ops.regops, name)
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def has_kernel(qualname: str, dispatch_key: str) -> bool:
     """Whether the compiled library registered `regops::<qualname>` for that dispatch key."""
     if not has_compiled_ops():

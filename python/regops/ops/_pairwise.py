@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _checks
-from .._loader import has_compiled_ops, resolve_impl, triton_available
+from .._loader import resolve_impl, schema_registered, triton_available
 from ..reference import pairwise as reference
 from ..reference.orthonormal import acc_dtype  # noqa: F401  (re-exported for the op modules)
 
@@ -59,15 +59,7 @@ def _make_backward(bwd_op):
     return backward
 
 
-def _schema_registered(name: str) -> bool:
-    try:
-        getattr(torch.ops.regops, name)
-        return True
-    except (AttributeError, RuntimeError):
-        return False
-
-
-if has_compiled_ops() and _schema_registered("contrastive_fwd"):  # an older _C build lacks them
+if schema_registered("contrastive_fwd"):  # an older _C build lacks them
     torch.library.register_fake("regops::contrastive_fwd")(_fake_fwd)
     torch.library.register_fake("regops::contrastive_bwd")(_fake_bwd)
     torch.library.register_autograd("regops::contrastive_fwd",

@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 
 from .. import _checks
-from .._loader import has_compiled_ops, resolve_impl, triton_available
+from .._loader import resolve_impl, schema_registered, triton_available
 from ..ot._backend import Kernels as SinkhornKernels
 from ..ot._solver import NonConvergenceWarning, SinkhornNotConverged
 from ..reference import p2ot as reference
@@ -32,15 +32,7 @@ CHECK_EVERY = 10
 ABSORB_LOG = 20.0  # absorb u, v into the potentials once |log u| or |log v| exceeds this
 
 
-def _schema_registered(name: str) -> bool:
-    try:
-        getattr(torch.ops.regops, name)
-        return True
-    except (AttributeError, RuntimeError):
-        return False
-
-
-if has_compiled_ops() and _schema_registered("p2ot_scaling_pass"):
+if schema_registered("p2ot_scaling_pass"):
     @torch.library.register_fake("regops::p2ot_scaling_pass")
     def _fake_pass(kernel, col_scale, row_target):
         return kernel.new_empty((kernel.shape[0],)), kernel.new_empty((kernel.shape[1],))

@@ -17,7 +17,7 @@ import importlib.util
 import torch
 
 from .. import _checks
-from .._loader import has_compiled_ops, resolve_impl, triton_available
+from .._loader import resolve_impl, schema_registered, triton_available
 from ..reference import sinkhorn as reference
 
 OP = "sinkhorn"
@@ -25,15 +25,7 @@ KERNELS = {"cpu": "sinkhorn_update", "cuda": "sinkhorn_update", "triton": "sinkh
 TRITON_DTYPES = (torch.float32,)
 
 
-def _schema_registered(name: str) -> bool:
-    try:
-        getattr(torch.ops.regops, name)
-        return True
-    except (AttributeError, RuntimeError):
-        return False
-
-
-if has_compiled_ops() and _schema_registered("sinkhorn_update"):
+if schema_registered("sinkhorn_update"):
     @torch.library.register_fake("regops::sinkhorn_update")
     def _fake_update(x, y, pot, log_w, tau, eps, cost):
         return x.new_empty((x.shape[0], x.shape[1]))
