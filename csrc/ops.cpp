@@ -81,4 +81,12 @@ TORCH_LIBRARY(regops, m) {
   //   row_scale_i = row_target_i / Σ_j K_ij col_scale_j,   col_sum_j = Σ_i K_ij row_scale_i
   // Each row's new scale is applied while the row is in cache: one read of K per Sinkhorn iteration.
   m.def("p2ot_scaling_pass(Tensor kernel, Tensor col_scale, Tensor row_target) -> (Tensor row_scale, Tensor col_sum)");
+
+  // R-AMT gradient dropout (regops/graddrop_math.h has the per-element rule and the Philox counter layout).
+  // For every tensor t of the lists (any mix of float32/bfloat16/float16; out[t], grads_task[t] and grads_reg[t]
+  // share shape and dtype; out[t] may be grads_task[t]): out = a if P(a, b) > U(seed, t, e) else a·(1 − lam).
+  // One call for the whole list. Returns the number of non-finite a or b per tensor, int64 (T,), on the device.
+  m.def("graddrop_apply_(Tensor(a!)[] out, Tensor[] grads_task, Tensor[] grads_reg, float lam, int seed) -> Tensor");
+  // P = (sgn(a)·(a + b)/(|a| + |b| + 1e-8) + 1)/2 elementwise, in float32, returned in a's dtype.
+  m.def("graddrop_keep_prob(Tensor grad_task, Tensor grad_reg) -> Tensor");
 }

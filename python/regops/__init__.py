@@ -6,16 +6,19 @@ from ._loader import empty_cache
 from .ops.conr import conr_loss
 from .ops.contrastive import focal_supcon_loss, supcon_loss
 from .ops.hard_pair_mixup import HardPairMixup, hard_pair_mixup
+from .ops.graddrop import graddrop_, graddrop_keep_prob
 from .ops.monge_gap import monge_gap, monge_gap_map
 from .ops.p2ot import P2OT, P2OTState, p2ot_plan, rho_schedule, sp2ot_plan, topk_gaussian_similarity
 from .ops.orthonormal import orthonormal_penalty
 from .ops.sorsa import sorsa_ortho_loss, sorsa_regularize_
 from . import nn
 from . import ot
+from . import masktune
+from .masktune import kd_loss
 
 try:
     __version__ = _version("regops")
 except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0.0.0+source"
 
-__all__ = ["conr_loss", "supcon_loss", "focal_supcon_loss", "hard_pair_mixup", "HardPairMixup", "empty_cache", "monge_gap", "monge_gap_map", "p2ot_plan", "sp2ot_plan", "P2OT", "P2OTState", "rho_schedule", "topk_gaussian_similarity", "orthonormal_penalty", "sorsa_ortho_loss", "sorsa_regularize_", "nn", "ot", "__version__"]
+__all__ = ["conr_loss", "supcon_loss", "focal_supcon_loss", "hard_pair_mixup", "HardPairMixup", "empty_cache", "graddrop_", "graddrop_keep_prob", "masktune", "kd_loss", "monge_gap", "monge_gap_map", "p2ot_plan", "sp2ot_plan", "P2OT", "P2OTState", "rho_schedule", "topk_gaussian_similarity", "orthonormal_penalty", "sorsa_ortho_loss", "sorsa_regularize_", "nn", "ot", "__version__"]

@@ -14,12 +14,14 @@ def ops_table():
     from .ops.contrastive import FOCAL_KERNELS, SUPCON_KERNELS
     from .ops.orthonormal import KERNELS as ORTHO
     from .ops.sorsa import REG_KERNELS
+    from .ops.graddrop import KERNELS as GRADDROP
     from .ops.p2ot import KERNELS as P2OT
     from .ot._backend import KERNELS as OT
     return {"orthonormal_penalty": ORTHO, "sorsa_ortho_loss": ORTHO, "sorsa_regularize_": REG_KERNELS,
             "conr_loss": CONR, "supcon_loss": SUPCON_KERNELS, "focal_supcon_loss": FOCAL_KERNELS,
             "hard_pair_mixup": {}, "ot.sinkhorn": OT, "ot.sinkhorn_from_cost": OT, "ot.sinkhorn_divergence": OT,
-            "monge_gap": OT, "p2ot_plan": P2OT, "sp2ot_plan": P2OT}
+            "monge_gap": OT, "p2ot_plan": P2OT, "sp2ot_plan": P2OT,
+            "graddrop_": GRADDROP, "graddrop_keep_prob": GRADDROP}
 
 
 def info() -> None:
