@@ -26,7 +26,7 @@ namespace {
 
 using namespace graddrop;
 
-constexpr int64_t kChunk = 1 << 16;  // elements per work item (a multiple of 32: Philox groups stay whole)
+constexpr int64_t kChunk = 1 << 16;  // elements per work item (a multiple of 64: the AVX2 blocks stay aligned)
 
 template <typename T>
 inline float to_f(T v) {
@@ -68,35 +68,10 @@ REGOPS_AVX2 inline __m256 word_to_uniform(__m256i w) {
   return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(w, 8)), _mm256_set1_ps(1.0f / 16777216.0f));
 }
 
-// Uniforms of the 32 elements of groups g0 .. g0 + 7 of tensor t, in element order, as four 8-float vectors.
-REGOPS_AVX2 inline void philox_uniforms32(uint64_t seed, uint32_t t, uint64_t g0, __m256 E[4]) {
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(g0))), lane);
-  // the high word of g0 + lane: g0 is a multiple of 8, so the add never carries into it
-  __m256i c1 = _mm256_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(g0 >> 32)));
-  __m256i c2 = _mm256_set1_epi32(static_cast<int32_t>(t));
-  __m256i c3 = _mm256_setzero_si256();
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-  const __m256i m0 = _mm256_set1_epi32(static_cast<int32_t>(kPhiloxM0));
-  const __m256i m1 = _mm256_set1_epi32(static_cast<int32_t>(kPhiloxM1));
-  for (int r = 0; r < 10; ++r) {
-    if (r > 0) {
-      k0 += kPhiloxW0;
-      k1 += kPhiloxW1;
-    }
-    __m256i hi0, lo0, hi1, lo1;
-    mulhilo8(m0, c0, &hi0, &lo0);
-    mulhilo8(m1, c2, &hi1, &lo1);
-    const __m256i n0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), _mm256_set1_epi32(static_cast<int32_t>(k0)));
-    const __m256i n2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32(static_cast<int32_t>(k1)));
-    c0 = n0;
-    c1 = lo1;
-    c2 = n2;
-    c3 = lo0;
-  }
+// Word w of groups 0..7 (four vectors) to the uniforms of their 32 elements in element order (4g + w).
+REGOPS_AVX2 inline void transpose_uniforms(__m256i c0, __m256i c1, __m256i c2, __m256i c3, __m256 E[4]) {
   const __m256 U0 = word_to_uniform(c0), U1 = word_to_uniform(c1), U2 = word_to_uniform(c2),
-               U3 = word_to_uniform(c3);  // word w of groups 0..7
-  // 4×8 transpose: element 4g + w.
+               U3 = word_to_uniform(c3);
   const __m256 t0 = _mm256_unpacklo_ps(U0, U1), t1 = _mm256_unpackhi_ps(U0, U1);
   const __m256 t2 = _mm256_unpacklo_ps(U2, U3), t3 = _mm256_unpackhi_ps(U2, U3);
   const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
@@ -105,6 +80,43 @@ REGOPS_AVX2 inline void philox_uniforms32(uint64_t seed, uint32_t t, uint64_t g0
   E[1] = _mm256_permute2f128_ps(s2, s3, 0x20);
   E[2] = _mm256_permute2f128_ps(s0, s1, 0x31);
   E[3] = _mm256_permute2f128_ps(s2, s3, 0x31);
+}
+
+// Uniforms of the 64 elements of groups g0 .. g0 + 15 of tensor t, in element order, as eight 8-float vectors.
+// Two independent 8-lane Philox streams run interleaved: one alone is bound by the multiply latency.
+REGOPS_AVX2 inline void philox_uniforms64(uint64_t seed, uint32_t t, uint64_t g0, __m256 E[8]) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i base = _mm256_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(g0)));
+  // g0 is a multiple of 16, so adding lane (+8) never carries into the high word
+  __m256i a0 = _mm256_add_epi32(base, lane), b0 = _mm256_add_epi32(a0, _mm256_set1_epi32(8));
+  __m256i a1 = _mm256_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(g0 >> 32))), b1 = a1;
+  __m256i a2 = _mm256_set1_epi32(static_cast<int32_t>(t)), b2 = a2;
+  __m256i a3 = _mm256_setzero_si256(), b3 = a3;
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  const __m256i m0 = _mm256_set1_epi32(static_cast<int32_t>(kPhiloxM0));
+  const __m256i m1 = _mm256_set1_epi32(static_cast<int32_t>(kPhiloxM1));
+  for (int r = 0; r < 10; ++r) {
+    if (r > 0) {
+      k0 += kPhiloxW0;
+      k1 += kPhiloxW1;
+    }
+    const __m256i vk0 = _mm256_set1_epi32(static_cast<int32_t>(k0)), vk1 = _mm256_set1_epi32(static_cast<int32_t>(k1));
+    __m256i ahi0, alo0, ahi1, alo1, bhi0, blo0, bhi1, blo1;
+    mulhilo8(m0, a0, &ahi0, &alo0);
+    mulhilo8(m0, b0, &bhi0, &blo0);
+    mulhilo8(m1, a2, &ahi1, &alo1);
+    mulhilo8(m1, b2, &bhi1, &blo1);
+    a0 = _mm256_xor_si256(_mm256_xor_si256(ahi1, a1), vk0);
+    b0 = _mm256_xor_si256(_mm256_xor_si256(bhi1, b1), vk0);
+    a2 = _mm256_xor_si256(_mm256_xor_si256(ahi0, a3), vk1);
+    b2 = _mm256_xor_si256(_mm256_xor_si256(bhi0, b3), vk1);
+    a1 = alo1;
+    b1 = blo1;
+    a3 = alo0;
+    b3 = blo0;
+  }
+  transpose_uniforms(a0, a1, a2, a3, E);
+  transpose_uniforms(b0, b1, b2, b3, E + 4);
 }
 
 // 8 elements: out = P > U ? a : a·drop, in the header's order of float operations. Returns the non-finite mask.
@@ -130,10 +142,10 @@ REGOPS_AVX2 int64_t run_avx2(const T* a, const T* b, T* out, int64_t e0, int64_t
   int64_t bad = 0;
   const __m256 drop = _mm256_set1_ps(drop_f);
   int64_t e = e0;
-  for (; e + 32 <= e1; e += 32) {
-    __m256 E[4];
-    philox_uniforms32(seed, t, static_cast<uint64_t>(e >> 2), E);
-    for (int k = 0; k < 4; ++k) {
+  for (; e + 64 <= e1; e += 64) {
+    __m256 E[8];
+    philox_uniforms64(seed, t, static_cast<uint64_t>(e >> 2), E);
+    for (int k = 0; k < 8; ++k) {
       const int64_t o = e + 8 * k;
       __m256 av, bv, res;
       if constexpr (std::is_same_v<T, float>) {
