@@ -283,3 +283,27 @@ def test_kd_loss():
     torch.testing.assert_close(g_ce, g_kl)
     with pytest.raises(ValueError, match="kind: expected one of"):
         regops.kd_loss(s, t, kind="js")
+
+
+@pytest.mark.skipif("cpu" not in KERNEL_IMPLS, reason="no compiled CPU kernels")
+def test_portable_path_is_bit_equal():
+    """The kernel without AVX2 (REGOPS_CPU_NO_SIMD=1), in a subprocess: the same bits as the reference."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    code = textwrap.dedent("""
+        import torch, regops
+        from regops.reference import graddrop as R
+        g = torch.Generator().manual_seed(0)
+        for dt in (torch.float32, torch.bfloat16, torch.float16):
+            a = [torch.randn(s, generator=g).to(dt) for s in (1, 63, 64, 65, 1000)]
+            b = [torch.randn(s, generator=g).to(dt) for s in (1, 63, 64, 65, 1000)]
+            out = [torch.empty_like(x) for x in a]
+            torch.ops.regops.graddrop_apply_(out, a, b, 0.4, 2**40 + 7)
+            assert all(torch.equal(o, R.apply(x, y, 0.4, 2**40 + 7, t)) for t, (o, x, y) in enumerate(zip(out, a, b)))
+        print("ok")
+    """)
+    env = dict(os.environ, REGOPS_CPU_NO_SIMD="1")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr
