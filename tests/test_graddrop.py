@@ -135,6 +135,8 @@ def test_errors():
         regops.graddrop_(ps, [a[0].double(), a[1]], b, lam=0.5)
     with pytest.raises(ValueError, match=r"lam: expected a value in \[0, 1\]"):
         regops.graddrop_(ps, a, b, lam=1.5)
+    with pytest.raises(TypeError, match=r"grads_task\[0\]: expected dtype float64 \(as params\[0\]\)"):
+        regops.graddrop_([nn.Parameter(torch.zeros(4, dtype=torch.float64)), ps[1]], a, b, lam=0.5)
     if "cpu" in KERNEL_IMPLS:
         with pytest.raises(ValueError, match=r"regops.graddrop_: grads_task: expected 2 tensors \(as out\)"):
             torch.ops.regops.graddrop_apply_(a, a[:1], b, 0.5, 1)
@@ -199,6 +201,11 @@ def test_apply_masks_the_official_targets():
     assert "head.weight" in masktune.masks(by_type)
     with pytest.raises(ValueError, match="targets: expected at least one matching weight"):
         masktune.apply(_model(), targets=["nothing.*"])
+    # applying again is harmless: the same masks, none on the originals or the scores
+    again = masktune.apply(masktune.apply(_model(), targets=["*weight*"]), targets=["*weight*"])
+    names = set(masktune.masks(again))
+    assert "conv1.weight" in names and not any("original" in n or "score" in n for n in names)
+    assert set(masktune.masks(masktune.apply(m))) == {"conv1.weight", "attn.in_proj_weight", "attn.out_proj.weight"}
 
 
 def test_forward_and_straight_through_gradient():

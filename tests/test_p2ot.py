@@ -117,6 +117,16 @@ def test_warm_start_and_stateful_wrapper(impl):
     assert solver.state.log_col_scaling.shape == (9,)
 
 
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+def test_rho_one_with_warm_start(impl):
+    """ρ = 1 (the schedule's end): the virtual column has no mass, also when warm-started."""
+    z = logits(64, 5, 3.0)
+    first, state = regops.p2ot_plan(z, 1.0, impl=impl, tol=1e-8, max_iter=20000)
+    again, _ = regops.p2ot_plan(z, 1.0, impl=impl, init=state, tol=1e-8, max_iter=20000)
+    assert torch.isfinite(again).all() and again.sum().item() == pytest.approx(64.0, rel=1e-4)
+    torch.testing.assert_close(again, first, rtol=1e-4, atol=1e-6)
+
+
 def test_rho_schedule():
     assert regops.rho_schedule(0, 100) == pytest.approx(0.1 + 0.9 * math.exp(-5))
     assert regops.rho_schedule(100, 100) == pytest.approx(1.0)

@@ -58,6 +58,8 @@ def _preset_targets(model: nn.Module, preset: str):
     embeddings), as the official config masks."""
     out = []
     for name, m in model.named_modules():
+        if _inside_parametrization(name):
+            continue
         if _is_patch_embedding(m):
             out.append((name, m, "weight"))
         elif isinstance(m, nn.MultiheadAttention):
@@ -81,14 +83,23 @@ def _select(model: nn.Module, targets) -> list:
                      repr(targets), TypeError)
     out = []
     for name, m in model.named_modules():
-        if types and isinstance(m, types) and isinstance(getattr(m, "weight", None), nn.Parameter):
+        if _inside_parametrization(name):
+            continue
+        # a weight masked by an earlier apply() is still a target (and is then left as it is)
+        masked = list(m.parametrizations.keys()) if parametrize.is_parametrized(m) else []
+        if types and isinstance(m, types) and (isinstance(getattr(m, "weight", None), nn.Parameter)
+                                               or "weight" in masked):
             out.append((name, m, "weight"))
             continue
-        for pname, p in m.named_parameters(recurse=False):
+        for pname in [pn for pn, _ in m.named_parameters(recurse=False)] + masked:
             full = f"{name}.{pname}" if name else pname
             if any(fnmatch.fnmatchcase(full, pat) for pat in patterns):
                 out.append((name, m, pname))
     return out
+
+
+def _inside_parametrization(module_name: str) -> bool:
+    return module_name.startswith("parametrizations.") or ".parametrizations." in module_name
 
 
 def apply(model: nn.Module, targets: Union[str, Iterable] = "clip_vit", init: float = 1e-2,

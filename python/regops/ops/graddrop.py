@@ -75,8 +75,8 @@ def graddrop_(params: Sequence[torch.Tensor], grads_task: Sequence[torch.Tensor]
               lam: float, generator=None, nonfinite: str = "raise", impl=None) -> bool:
     """Sets every params[i].grad to ((1 − λ) + λ·1[P > U])·grads_task[i] in one fused pass; returns True.
 
-    grads_task[i] may be params[i].grad (updated in place). nonfinite: "raise" (default; a ValueError names the
-    tensors with non-finite task or reg gradients, whose grads then hold non-finite values as before) or "skip"
+    grads_task[i] may be params[i].grad (updated in place). nonfinite: "raise" (default: every .grad is set, the
+    tensors with non-finite task or reg gradients hold non-finite values, and a ValueError names them) or "skip"
     (nothing is changed and False is returned; costs one temporary copy of the gradients)."""
     params = _as_list(OP, "params", params)
     grads_task = _as_list(OP, "grads_task", grads_task)
@@ -102,6 +102,12 @@ def graddrop_(params: Sequence[torch.Tensor], grads_task: Sequence[torch.Tensor]
         if b.dtype != a.dtype:
             _checks.fail(OP, f"grads_reg[{i}]", f"dtype {_checks.dtype_name(a.dtype)} (as grads_task[{i}])",
                          f"dtype {_checks.dtype_name(b.dtype)}", TypeError)
+        if a.dtype != p.dtype:  # the result becomes p.grad, which must have p's dtype
+            _checks.fail(OP, f"grads_task[{i}]", f"dtype {_checks.dtype_name(p.dtype)} (as params[{i}])",
+                         f"dtype {_checks.dtype_name(a.dtype)}", TypeError)
+        if p.device != params[0].device:
+            _checks.fail(OP, f"params[{i}]", f"device {params[0].device} (as params[0])", f"device {p.device}",
+                         RuntimeError)
     chosen = _pick(impl, params[0].device)
     seed = _seed(generator)
     in_place = nonfinite == "raise"
@@ -126,16 +132,16 @@ def graddrop_(params: Sequence[torch.Tensor], grads_task: Sequence[torch.Tensor]
             counts = fn(outs, [a.contiguous() for a in grads_task], [b.contiguous() for b in grads_reg], float(lam),
                         seed)
     bad = counts.nonzero().flatten().tolist() if not torch.compiler.is_compiling() else []
-    if bad:
-        if nonfinite == "skip":
-            return False
-        where = ", ".join(f"{i} ({int(counts[i])})" for i in bad[:8])
-        _checks.fail(OP, "grads_task/grads_reg", "finite gradients",
-                     f"non-finite values in tensors {where}" + (" ..." if len(bad) > 8 else ""))
+    if bad and nonfinite == "skip":
+        return False
     for p, o in zip(params, outs):
         if p.grad is None or p.grad is not o:
             if p.grad is not None and p.grad.shape == o.shape and p.grad.dtype == o.dtype:
                 p.grad.copy_(o)
             else:
                 p.grad = o
+    if bad:
+        where = ", ".join(f"{i} ({int(counts[i])})" for i in bad[:8])
+        _checks.fail(OP, "grads_task/grads_reg", "finite gradients",
+                     f"non-finite values in tensors {where}" + (" ..." if len(bad) > 8 else ""))
     return True

@@ -159,12 +159,15 @@ def _solve_stabilized(C_hat, n_global, log_col, tau, eps, log_b0, *, max_iter, t
     n_iter, recoveries = max_iter, 0
     u = row_target
     relaxed = tau < 1
+    zero_mass = torch.isneginf(log_col)
     for it in range(max_iter):
         u, col = scaling_pass(Kt, v, row_target)
         col = allreduce(col)
         # (τ−1)β/ε only where τ < 1: a zero-mass virtual column (ρ = 1) has β = −inf and τ = 1
         shift = torch.where(relaxed, (tau - 1) * beta / eps, torch.zeros_like(beta)).to(dt)
         log_v_new = (tau_t * (log_col_t - torch.log(col)) + shift).double()
+        # a zero-mass column (the virtual one at ρ = 1) keeps b = 0 rather than −inf − (−inf)
+        log_v_new = torch.where(zero_mass, torch.full_like(log_v_new, -math.inf), log_v_new)
         check = (it + 1) % CHECK_EVERY == 0 or it + 1 == max_iter
         if not check:
             log_v = log_v_new
