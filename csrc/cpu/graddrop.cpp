@@ -19,6 +19,7 @@
 
 #include "regops/checks.h"
 #include "regops/graddrop_math.h"
+#include "regops/op_checks.h"
 #include "simd_x86.h"
 
 namespace regops {
@@ -183,41 +184,11 @@ int64_t run(const T* a, const T* b, T* out, int64_t e0, int64_t e1, uint32_t t, 
   return run_scalar(a, b, out, e0, e1, t, seed, drop);
 }
 
-const char* kOp = "graddrop_";
-
-bool graddrop_dtype(at::ScalarType s) { return s == at::kFloat || s == at::kBFloat16 || s == at::kHalf; }
-
-std::string at_index(const char* arg, size_t i) { return std::string(arg) + "[" + std::to_string(i) + "]"; }
-
 at::Tensor graddrop_apply_cpu(at::TensorList out, at::TensorList grads_task, at::TensorList grads_reg, double lam,
                               int64_t seed) {
-  REGOPS_CHECK_VALUE(grads_task.size() == out.size(), kOp, "grads_task",
-                     std::to_string(out.size()) + " tensors (as out)", std::to_string(grads_task.size()));
-  REGOPS_CHECK_VALUE(grads_reg.size() == out.size(), kOp, "grads_reg",
-                     std::to_string(out.size()) + " tensors (as out)", std::to_string(grads_reg.size()));
-  REGOPS_CHECK_VALUE(lam >= 0 && lam <= 1, kOp, "lam", "a value in [0, 1]", std::to_string(lam));
+  const auto inputs = check_graddrop_lists(out, grads_task, grads_reg, lam, c10::DeviceType::CPU);
+  const std::vector<at::Tensor>&a = inputs.first, &b = inputs.second;  // contiguous grads_task, grads_reg
   const size_t T = out.size();
-  std::vector<at::Tensor> a(T), b(T);
-  for (size_t i = 0; i < T; ++i) {
-    const auto& o = out[i];
-    check_device(kOp, at_index("out", i).c_str(), o, c10::DeviceType::CPU);
-    REGOPS_CHECK_TYPE(graddrop_dtype(o.scalar_type()), kOp, at_index("out", i), "dtype float32, bfloat16 or float16",
-                      describe(o));
-    REGOPS_CHECK_VALUE(o.is_contiguous(), kOp, at_index("out", i), "a contiguous tensor (it is written in place)",
-                       describe(o));
-    for (auto [arg, list] : {std::pair<const char*, at::TensorList>{"grads_task", grads_task}, {"grads_reg", grads_reg}}) {
-      const auto& g = list[i];
-      const auto name = at_index(arg, i);
-      REGOPS_CHECK_DEVICE(g.device() == o.device(), kOp, name, "device " + c10::str(o.device()) + " (as out)",
-                          describe(g));
-      REGOPS_CHECK_TYPE(g.scalar_type() == o.scalar_type(), kOp, name,
-                        "dtype " + c10::str(o.scalar_type()) + " (as out[" + std::to_string(i) + "])", describe(g));
-      REGOPS_CHECK_VALUE(g.sizes() == o.sizes(), kOp, name,
-                         "shape " + c10::str(o.sizes()) + " (as out[" + std::to_string(i) + "])", describe(g));
-    }
-    a[i] = grads_task[i].contiguous();
-    b[i] = grads_reg[i].contiguous();
-  }
   // Work items: (tensor, first element) for every chunk of every tensor.
   std::vector<std::pair<uint32_t, int64_t>> items;
   for (size_t i = 0; i < T; ++i)
@@ -248,15 +219,7 @@ at::Tensor graddrop_apply_cpu(at::TensorList out, at::TensorList grads_task, at:
 }
 
 at::Tensor graddrop_keep_prob_cpu(const at::Tensor& grad_task, const at::Tensor& grad_reg) {
-  const char* op = "graddrop_keep_prob";
-  check_device(op, "grad_task", grad_task, c10::DeviceType::CPU);
-  REGOPS_CHECK_TYPE(graddrop_dtype(grad_task.scalar_type()), op, "grad_task", "dtype float32, bfloat16 or float16",
-                    describe(grad_task));
-  REGOPS_CHECK_TYPE(grad_reg.scalar_type() == grad_task.scalar_type(), op, "grad_reg",
-                    "dtype " + c10::str(grad_task.scalar_type()) + " (as grad_task)", describe(grad_reg));
-  REGOPS_CHECK_VALUE(grad_reg.sizes() == grad_task.sizes(), op, "grad_reg",
-                     "shape " + c10::str(grad_task.sizes()) + " (as grad_task)", describe(grad_reg));
-  REGOPS_CHECK_DEVICE(grad_reg.device() == grad_task.device(), op, "grad_reg", "device cpu", describe(grad_reg));
+  check_graddrop_pair(grad_task, grad_reg, c10::DeviceType::CPU);
   const auto a = grad_task.contiguous().to(at::kFloat), b = grad_reg.contiguous().to(at::kFloat);
   auto p = at::empty_like(a);
   const float *ap = a.data_ptr<float>(), *bp = b.data_ptr<float>();

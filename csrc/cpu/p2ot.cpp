@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "regops/checks.h"
+#include "regops/op_checks.h"
 #include "simd_x86.h"
 
 namespace regops {
@@ -102,21 +103,8 @@ void chunk(const T* K, int64_t Kc, const T* v, const T* t, int64_t i0, int64_t i
 
 std::tuple<at::Tensor, at::Tensor> p2ot_scaling_pass_cpu(const at::Tensor& kernel_, const at::Tensor& col_scale_,
                                                          const at::Tensor& row_target_) {
-  const char* op = "p2ot_scaling_pass";
-  REGOPS_CHECK_VALUE(kernel_.dim() == 2, op, "kernel", "a 2-D tensor (N, Kc)", describe(kernel_));
-  const auto st = kernel_.scalar_type();
-  REGOPS_CHECK_TYPE(st == at::kFloat || st == at::kDouble, op, "kernel", "dtype float32 or float64",
-                    describe(kernel_));
-  check_device(op, "kernel", kernel_, c10::DeviceType::CPU);
+  check_p2ot_pass(kernel_, col_scale_, row_target_, c10::DeviceType::CPU);
   const int64_t N = kernel_.size(0), Kc = kernel_.size(1);
-  for (auto [arg, t, n] : {std::tuple<const char*, const at::Tensor*, int64_t>{"col_scale", &col_scale_, Kc},
-                           {"row_target", &row_target_, N}}) {
-    REGOPS_CHECK_VALUE(t->dim() == 1 && t->size(0) == n, op, arg, "shape (" + std::to_string(n) + ",)",
-                       describe(*t));
-    REGOPS_CHECK_TYPE(t->scalar_type() == st, op, arg, "dtype " + c10::str(st) + " (as kernel)", describe(*t));
-    REGOPS_CHECK_DEVICE(t->device() == kernel_.device(), op, arg, "device " + c10::str(kernel_.device()),
-                        describe(*t));
-  }
   const auto K = kernel_.contiguous(), v = col_scale_.contiguous(), target = row_target_.contiguous();
   auto u = at::empty({N}, K.options());
   auto col = at::zeros({Kc}, K.options());

@@ -23,6 +23,7 @@
 
 #include "graddrop_kernels.h"
 #include "regops/checks.h"
+#include "regops/op_checks.h"
 
 namespace regops {
 namespace {
@@ -30,50 +31,22 @@ namespace {
 namespace gk = graddrop_cuda;
 
 constexpr const char* kOp = "graddrop_";
-constexpr const char* kKeepProb = "graddrop_keep_prob";
-
-bool graddrop_dtype(at::ScalarType s) { return s == at::kFloat || s == at::kBFloat16 || s == at::kHalf; }
 
 gk::Dtype dtype_of(at::ScalarType s) {
   return s == at::kFloat ? gk::Dtype::kFloat32 : s == at::kBFloat16 ? gk::Dtype::kBFloat16 : gk::Dtype::kFloat16;
 }
 
-std::string at_index(const char* arg, size_t i) { return std::string(arg) + "[" + std::to_string(i) + "]"; }
-
 bool aligned(const void* p, int64_t bytes) { return reinterpret_cast<uintptr_t>(p) % static_cast<uintptr_t>(bytes) == 0; }
 
 at::Tensor graddrop_apply_cuda(at::TensorList out, at::TensorList grads_task, at::TensorList grads_reg, double lam,
                                int64_t seed) {
-  REGOPS_CHECK_VALUE(grads_task.size() == out.size(), kOp, "grads_task",
-                     std::to_string(out.size()) + " tensors (as out)", std::to_string(grads_task.size()));
-  REGOPS_CHECK_VALUE(grads_reg.size() == out.size(), kOp, "grads_reg",
-                     std::to_string(out.size()) + " tensors (as out)", std::to_string(grads_reg.size()));
-  REGOPS_CHECK_VALUE(lam >= 0 && lam <= 1, kOp, "lam", "a value in [0, 1]", std::to_string(lam));
+  const auto inputs = check_graddrop_lists(out, grads_task, grads_reg, lam, c10::DeviceType::CUDA);
+  const std::vector<at::Tensor>&a = inputs.first, &b = inputs.second;  // contiguous grads_task, grads_reg
   const size_t T = out.size();
   if (T == 0) return at::empty({0}, at::kLong);
   REGOPS_CHECK_VALUE(T <= static_cast<size_t>(INT_MAX), kOp, "out", "at most 2^31 - 1 tensors", std::to_string(T));
-  check_device(kOp, "out[0]", out[0], c10::DeviceType::CUDA);
   const c10::Device device = out[0].device();
   const c10::cuda::CUDAGuard guard(device);
-  std::vector<at::Tensor> a(T), b(T);
-  for (size_t i = 0; i < T; ++i) {
-    const auto& o = out[i];
-    const auto oname = at_index("out", i);
-    REGOPS_CHECK_DEVICE(o.device() == device, kOp, oname, "device " + c10::str(device) + " (as out[0])", describe(o));
-    REGOPS_CHECK_TYPE(graddrop_dtype(o.scalar_type()), kOp, oname, "dtype float32, bfloat16 or float16", describe(o));
-    REGOPS_CHECK_VALUE(o.is_contiguous(), kOp, oname, "a contiguous tensor (it is written in place)", describe(o));
-    for (auto [arg, list] : {std::pair<const char*, at::TensorList>{"grads_task", grads_task}, {"grads_reg", grads_reg}}) {
-      const auto& g = list[i];
-      const auto name = at_index(arg, i);
-      REGOPS_CHECK_DEVICE(g.device() == device, kOp, name, "device " + c10::str(device) + " (as out)", describe(g));
-      REGOPS_CHECK_TYPE(g.scalar_type() == o.scalar_type(), kOp, name,
-                        "dtype " + c10::str(o.scalar_type()) + " (as " + oname + ")", describe(g));
-      REGOPS_CHECK_VALUE(g.sizes() == o.sizes(), kOp, name, "shape " + c10::str(o.sizes()) + " (as " + oname + ")",
-                         describe(g));
-    }
-    a[i] = grads_task[i].contiguous();
-    b[i] = grads_reg[i].contiguous();
-  }
 
   // Chunks: tensor i owns chunks [chunk_begin_i, chunk_begin_i + ⌈numel_i / 4096⌉).
   std::vector<int64_t> chunk_begin(T + 1, 0);
@@ -112,16 +85,7 @@ at::Tensor graddrop_apply_cuda(at::TensorList out, at::TensorList grads_task, at
 }
 
 at::Tensor graddrop_keep_prob_cuda(const at::Tensor& grad_task, const at::Tensor& grad_reg) {
-  const char* op = kKeepProb;
-  check_device(op, "grad_task", grad_task, c10::DeviceType::CUDA);
-  REGOPS_CHECK_TYPE(graddrop_dtype(grad_task.scalar_type()), op, "grad_task", "dtype float32, bfloat16 or float16",
-                    describe(grad_task));
-  REGOPS_CHECK_TYPE(grad_reg.scalar_type() == grad_task.scalar_type(), op, "grad_reg",
-                    "dtype " + c10::str(grad_task.scalar_type()) + " (as grad_task)", describe(grad_reg));
-  REGOPS_CHECK_VALUE(grad_reg.sizes() == grad_task.sizes(), op, "grad_reg",
-                     "shape " + c10::str(grad_task.sizes()) + " (as grad_task)", describe(grad_reg));
-  REGOPS_CHECK_DEVICE(grad_reg.device() == grad_task.device(), op, "grad_reg",
-                      "device " + c10::str(grad_task.device()) + " (as grad_task)", describe(grad_reg));
+  check_graddrop_pair(grad_task, grad_reg, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(grad_task.device());
   const auto a = grad_task.contiguous(), b = grad_reg.contiguous();
   auto p = at::empty(a.sizes(), a.options());

@@ -24,7 +24,7 @@ import torch
 from .. import _checks
 from .._loader import resolve_impl, schema_registered, triton_available
 from ..ot._backend import Kernels as SinkhornKernels
-from ..ot._solver import NonConvergenceWarning, SinkhornNotConverged
+from ..ot._solver import NonConvergenceWarning, SinkhornNotConverged, _check_options
 from ..reference import p2ot as reference
 
 KERNELS = {"cpu": "p2ot_scaling_pass", "cuda": "p2ot_scaling_pass", "triton": "p2ot_scaling_pass_triton"}
@@ -94,11 +94,7 @@ def _check_params(op, rho, eps, gamma, max_iter, tol, on_nonconvergence):
         _checks.fail(op, "eps", "a positive finite number", repr(eps))
     if not (float(gamma) > 0 and math.isfinite(float(gamma))):
         _checks.fail(op, "gamma", "a positive finite number", repr(gamma))
-    if not isinstance(max_iter, int) or max_iter < 1:
-        _checks.fail(op, "max_iter", "an int >= 1", repr(max_iter))
-    if not (tol >= 0):
-        _checks.fail(op, "tol", "a number >= 0", repr(tol))
-    _checks.check_choice(op, "on_nonconvergence", on_nonconvergence, ("warn", "raise", "ignore"))
+    _check_options(op, max_iter, tol, CHECK_EVERY, on_nonconvergence, None)
 
 
 def _world(process_group):
