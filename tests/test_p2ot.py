@@ -220,15 +220,20 @@ def _worker(rank, port, impls, failures):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
-        z = logits(WORLD * N_LOCAL, 4, 5.0, seed=7)
-        want, _ = regops.p2ot_plan(z, 0.3, impl="reference", tol=1e-10, max_iter=20000)
-        sl = slice(rank * N_LOCAL, (rank + 1) * N_LOCAL)
-        for impl in impls:
-            got, _ = regops.p2ot_plan(z[sl], 0.3, impl=impl, tol=1e-10, max_iter=20000, process_group=dist.group.WORLD)
-            try:
-                torch.testing.assert_close(got, want[sl], rtol=1e-4, atol=1e-6)
-            except AssertionError as exc:
-                failures.append(f"rank {rank} {impl}: {exc}")
+        g = torch.Generator().manual_seed(3)
+        f = torch.nn.functional.normalize(torch.randn(WORLD * N_LOCAL, 16, generator=g), dim=1)
+        p = torch.nn.functional.normalize(torch.randn(37, 16, generator=g), dim=1)
+        # a mild problem, and confident logits whose column lifts must agree across ranks
+        for name, z in (("gaussian", logits(WORLD * N_LOCAL, 4, 5.0, seed=7)), ("150·cos", 150 * f @ p.T)):
+            want, _ = regops.p2ot_plan(z, 0.3, impl="reference", tol=1e-10, max_iter=20000)
+            sl = slice(rank * N_LOCAL, (rank + 1) * N_LOCAL)
+            for impl in impls:
+                got, _ = regops.p2ot_plan(z[sl], 0.3, impl=impl, tol=1e-10, max_iter=20000,
+                                          process_group=dist.group.WORLD)
+                try:
+                    torch.testing.assert_close(got, want[sl], rtol=1e-4, atol=1e-6)
+                except AssertionError as exc:
+                    failures.append(f"rank {rank} {impl} {name}: {exc}")
     except Exception as exc:
         failures.append(f"rank {rank}: {type(exc).__name__}: {exc}")
     finally:

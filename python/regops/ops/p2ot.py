@@ -5,7 +5,9 @@ float64: a = Pa/(Q b); b = Pb/(Qᵀ a); b[:K] = b[:K]^τ (τ = γ/(γ+ε): a KL 
 ‖b − b_prev‖₂ ≤ tol. Q ≈ softmax^{1/ε} underflows even in float64 for confident logits.
 
 The kernels keep that iteration but stabilized (POT's sinkhorn_stabilized idea): potentials α, β absorbed into
-K = exp((α ⊕ β − Ĉ)/ε) (float32 is enough: its rows are normalized when formed), and scalings u, v near 1.
+K = exp((α ⊕ β − Ĉ)/ε) (float32 is enough: its rows are normalized when formed, a column whose entries all lie
+below e^-30 is lifted by its own scale, and the exponents are formed in float64 where float32 would round them
+by more than 1e-4), and scalings u, v near 1.
 One fused pass over K per iteration gives u = Pa/(K v) and the column sums Kᵀu (regops::p2ot_scaling_pass);
 then v = (Pb/Kᵀu)^τ·e^{(τ−1)β/ε}. Every check_every iterations (the only host sync) the error is taken, and
 u, v are absorbed into α, β (K re-formed from an exact log-domain row step) when they drift. Across ranks
@@ -29,7 +31,10 @@ from ..reference import p2ot as reference
 
 KERNELS = {"cpu": "p2ot_scaling_pass", "cuda": "p2ot_scaling_pass", "triton": "p2ot_scaling_pass_triton"}
 CHECK_EVERY = 10
-ABSORB_LOG = 20.0  # absorb u, v into the potentials once |log u| or |log v| exceeds this
+ABSORB_LOG = 20.0  # re-form K once |log u| or |log v| has moved this far since K was formed
+LIFT_LOG = 30.0    # a column of K whose largest entry is below e^-LIFT_LOG is scaled to largest entry 1
+MAX_RECOVERIES = 5
+EXPONENT_RTOL = 1e-4  # K's exponents are formed in float64 when their float32 rounding could exceed this
 
 
 if schema_registered("p2ot_scaling_pass"):
@@ -60,6 +65,10 @@ def rho_schedule(step, total, rho0: float = 0.1, kind: str = "sigmoid") -> float
     if kind == "linear":
         return rho0 + (1 - rho0) * t
     return rho0 + (1 - rho0) * math.exp(-5 * (1 - t) ** 2)
+
+
+def _explicit(impl):
+    return impl is not None and impl != "auto"
 
 
 def _pick(op, impl, t):
@@ -122,8 +131,15 @@ def _init_log_b(op, init, Kc, device):
     return lb.detach().to(device=device, dtype=torch.float64)
 
 
-def _solve_stabilized(C_hat, n_global, log_col, tau, eps, log_b0, *, max_iter, tol, chosen, process_group):
-    """The kernels' path. Returns (plan (N, Kc) in C_hat's dtype, log_b (Kc,) float64, n_iter, err)."""
+def _solve_stabilized(op, C_hat, n_global, log_col, tau, eps, log_b0, *, max_iter, tol, chosen, process_group):
+    """The kernels' path. Returns (plan (N, Kc) in C_hat's dtype, log_b (Kc,) float64, n_iter, err).
+
+    K_ij = exp((α_i − Ĉ_ij)/ε + c_j) and log b = c + log v, with c a float64 column offset set when K is formed
+    (`form`): c_j = β_j/ε, the column's potential, lifted by the column's own scale where the whole column of K
+    would lie below e^−LIFT_LOG. Confident logits make some column's iterate mass ~1e-43 (below float32's normal
+    range) while its scaling b_j is astronomically large: lifted, that column of K has its largest entry 1, v_j
+    carries the small mass (an underflow to 0 there only drops terms < 1e-38 from row sums ≈ 1/N), and log b is
+    updated from the column sums Kᵀu and c in float64, so no column sum underflows."""
     dt, dev = C_hat.dtype, C_hat.device
     N, Kc = C_hat.shape
     sk = SinkhornKernels(chosen)
@@ -132,24 +148,53 @@ def _solve_stabilized(C_hat, n_global, log_col, tau, eps, log_b0, *, max_iter, t
     row_target = torch.full((N,), 1.0 / n_global, dtype=dt, device=dev)
     log_row = torch.full((1, N), -math.log(n_global), dtype=dt, device=dev)
     ones_n = torch.ones((1, N), dtype=dt, device=dev)
-    tau_t, log_col_t = tau.to(dt), log_col.to(dt)
     Cb = C_hat[None]
 
-    def form(beta):
-        # An exact log-domain row step: α = ε log Pa − ε LSE_j((β_j − Ĉ_ij)/ε), so K's rows sum to Pa.
-        alpha = sk.update_dense(Cb, beta.to(dt)[None], log_row, ones_n, e1, False)[0]
-        return torch.exp((alpha[:, None] + beta.to(dt)[None, :] - C_hat) / eps)
-
-    def allreduce(t):
+    def allreduce(t, op="sum"):
         if process_group is not None:
             import torch.distributed as dist
-            dist.all_reduce(t, group=process_group)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM, group=process_group)
         return t
 
-    beta = eps * log_b0  # float64: log b = β/ε + log v
-    Kt = form(beta)
-    log_v = torch.zeros(Kc, dtype=torch.float64, device=dev)
-    v = torch.ones(Kc, dtype=dt, device=dev)
+    c_hat_absmax = allreduce(C_hat.abs().amax().double().reshape(1), "max")
+
+    def form(log_b):
+        """(K, c, log v) for the scaling b: an exact log-domain row step first, α = ε log Pa − ε LSE_j((β_j − Ĉ_ij)/ε)
+        with β = ε log b, so K's rows sum to Pa; then each column's lift (its max taken over every rank's rows).
+        The exponents (α_i + β_j − Ĉ_ij)/ε are formed in C_hat's dtype while their rounding, at most
+        ~2⁻²⁴·(|α| + |β| + |Ĉ|)/ε for float32, stays below EXPONENT_RTOL (the bench problems: ~1e-5), and
+        in float64 otherwise (small ε, huge logits), so K keeps float32's relative precision at any scale."""
+        beta = (eps * log_b).to(dt)
+        alpha = sk.update_dense(Cb, beta[None], log_row, ones_n, e1, False)[0]
+        finite_beta = beta[torch.isfinite(beta)]
+        beta_absmax = finite_beta.abs().amax() if finite_beta.numel() else beta.new_zeros(())
+        bound = torch.stack([alpha.abs().amax().double(), beta_absmax.double()])
+        bound = allreduce(bound, "max")
+        rounding = torch.finfo(dt).eps * float(bound.sum() + c_hat_absmax) / eps
+        if rounding <= EXPONENT_RTOL:
+            expo = (alpha[:, None] + beta[None, :] - C_hat) / eps
+            c = beta.double() / eps
+        else:
+            expo = C_hat.double().div_(-eps).add_(log_b[None, :])
+            expo = expo.add_((-math.log(n_global) - torch.logsumexp(expo, 1))[:, None])
+            c = log_b.clone()
+        col_max = allreduce(expo.amax(0), "max")
+        lift = torch.where(torch.isfinite(col_max) & (col_max < -LIFT_LOG), -col_max, torch.zeros_like(col_max))
+        Kt = torch.exp(expo.add_(lift[None, :])).to(dt)
+        c = c + lift.double()
+        log_v = torch.where(torch.isneginf(log_b), log_b, log_b - c)  # a zero-mass column keeps b = 0
+        return Kt, c, log_v
+
+    def fail():
+        raise FloatingPointError(
+            f"regops.{op}: logits: the {_checks.dtype_name(dt)} scaling left {_checks.dtype_name(dt)}'s range (a row "
+            f"or column sum of the stabilized kernel under- or overflowed, even after re-forming it from the exact "
+            f"log-domain step) at eps={eps:g}: pass float64 logits or raise eps; impl=None (auto) solves such a "
+            f"problem with the float64 reference instead of raising")
+
+    Kt, c, log_v = form(log_b0)
+    log_v_formed = log_v
+    v = torch.exp(log_v).to(dt)
     good = log_b0.clone()
     err = torch.tensor(math.inf, dtype=torch.float64)
     n_iter, recoveries = max_iter, 0
@@ -159,9 +204,9 @@ def _solve_stabilized(C_hat, n_global, log_col, tau, eps, log_b0, *, max_iter, t
     for it in range(max_iter):
         u, col = scaling_pass(Kt, v, row_target)
         col = allreduce(col)
-        # (τ−1)β/ε only where τ < 1: a zero-mass virtual column (ρ = 1) has β = −inf and τ = 1
-        shift = torch.where(relaxed, (tau - 1) * beta / eps, torch.zeros_like(beta)).to(dt)
-        log_v_new = (tau_t * (log_col_t - torch.log(col)) + shift).double()
+        # log b_new = τ(log Pb − log Kᵀu + c); (τ−1)c only where τ < 1 (a zero-mass column has c = −inf, τ = 1)
+        shift = torch.where(relaxed, (tau - 1) * c, torch.zeros_like(c))
+        log_v_new = tau * (log_col - torch.log(col.double())) + shift
         # a zero-mass column (the virtual one at ρ = 1) keeps b = 0 rather than −inf − (−inf)
         log_v_new = torch.where(zero_mass, torch.full_like(log_v_new, -math.inf), log_v_new)
         check = (it + 1) % CHECK_EVERY == 0 or it + 1 == max_iter
@@ -169,17 +214,17 @@ def _solve_stabilized(C_hat, n_global, log_col, tau, eps, log_b0, *, max_iter, t
             log_v = log_v_new
             v = torch.exp(log_v).to(dt)
             continue
-        log_b_prev = beta / eps + log_v  # b after the previous iteration
-        log_b = beta / eps + log_v_new
+        log_b_prev = c + log_v  # b after the previous iteration
+        log_b = c + log_v_new
         err_now = reference.b_change(log_b, log_b_prev)
         finite = not bool(torch.isnan(log_b).any() or (log_b == math.inf).any()) and bool(torch.isfinite(u).all())
-        if not finite:  # a row or column sum underflowed: restart from the last good scaling, exactly
+        if not finite:  # a row or column sum left the range: restart from the last good scaling, exactly
             recoveries += 1
-            if recoveries > 5:
-                raise FloatingPointError("regops.p2ot_plan: the stabilized scaling kept underflowing; "
-                                         "please report the logits")
-            beta, log_v = eps * good, torch.zeros_like(log_v)
-            Kt, v = form(beta), torch.ones_like(v)
+            if recoveries > MAX_RECOVERIES:
+                fail()
+            Kt, c, log_v = form(good)
+            log_v_formed = log_v
+            v = torch.exp(log_v).to(dt)
             continue
         good = log_b
         err = err_now
@@ -188,31 +233,43 @@ def _solve_stabilized(C_hat, n_global, log_col, tau, eps, log_b0, *, max_iter, t
             n_iter = it + 1
             break
         u_log = torch.log(u.double())  # u = Pa/(K v) stays near 1 once K is formed
-        drift = max(float(log_v[torch.isfinite(log_v)].abs().max()), float(u_log.abs().max()))
+        moved = (log_v - log_v_formed)[torch.isfinite(log_v)]
+        drift = max(float(moved.abs().max()) if moved.numel() else 0.0, float(u_log.abs().max()))
         if it + 1 < max_iter and drift > ABSORB_LOG:
-            beta, log_v = beta + eps * log_v, torch.zeros_like(log_v)
-            Kt, v = form(beta), torch.ones_like(v)
-        else:
-            v = torch.exp(log_v).to(dt)
+            Kt, c, log_v = form(log_b)
+            log_v_formed = log_v
+        v = torch.exp(log_v).to(dt)
     plan = u[:, None] * Kt * torch.exp(log_v).to(dt)[None, :]
-    return plan, beta / eps + log_v, n_iter, err
+    return plan, c + log_v, n_iter, err
 
 
-def _solve(op, C_hat, n_global, rho, eps, gamma, init, *, max_iter, tol, on_nonconvergence, process_group, chosen):
+def _solve(op, C_hat, n_global, rho, eps, gamma, init, *, max_iter, tol, on_nonconvergence, process_group, chosen,
+           explicit):
+    """`explicit`: the impl was asked for by name, so a kernel path that cannot represent the problem raises
+    instead of handing it to the float64 reference."""
     K = C_hat.shape[1] - 1
     log_col, tau = _marginals(K, rho, eps, gamma, n_global, C_hat.device)
     log_b0 = _init_log_b(op, init, K + 1, C_hat.device)
+
+    def solve_reference():
+        log_row = torch.full((C_hat.shape[0],), -math.log(n_global), dtype=torch.float64, device=C_hat.device)
+        log_a, log_b, n_iter, err = reference.semi_relaxed_sinkhorn(
+            C_hat, log_row, log_col, tau, eps, log_b0, max_iter=max_iter, tol=tol, check_every=CHECK_EVERY,
+            process_group=process_group)
+        return reference.plan(C_hat, log_a, log_b, eps), log_b, n_iter, err
+
     with torch.no_grad():
         if chosen == "reference":
-            log_row = torch.full((C_hat.shape[0],), -math.log(n_global), dtype=torch.float64, device=C_hat.device)
-            log_a, log_b, n_iter, err = reference.semi_relaxed_sinkhorn(
-                C_hat, log_row, log_col, tau, eps, log_b0, max_iter=max_iter, tol=tol, check_every=CHECK_EVERY,
-                process_group=process_group)
-            plan = reference.plan(C_hat, log_a, log_b, eps)
+            plan, log_b, n_iter, err = solve_reference()
         else:
-            plan, log_b, n_iter, err = _solve_stabilized(C_hat, n_global, log_col, tau, eps, log_b0,
-                                                         max_iter=max_iter, tol=tol, chosen=chosen,
-                                                         process_group=process_group)
+            try:
+                plan, log_b, n_iter, err = _solve_stabilized(op, C_hat, n_global, log_col, tau, eps, log_b0,
+                                                             max_iter=max_iter, tol=tol, chosen=chosen,
+                                                             process_group=process_group)
+            except FloatingPointError:
+                if explicit:
+                    raise
+                plan, log_b, n_iter, err = solve_reference()
     converged = bool(err <= tol)
     if tol > 0 and not converged and on_nonconvergence != "ignore":
         msg = (f"regops.{op}: did not converge: ‖b − b_prev‖₂/max(1, ‖b‖₂) = {float(err):.3e} > tol {tol:g} after {n_iter} "
@@ -243,7 +300,8 @@ def p2ot_plan(logits, rho, *, eps=0.1, gamma=1.0, max_iter=1000, tol=1e-6, init=
     n_global = logits.shape[0] * _world(process_group)
     C_hat = _cost(logits)
     plan, state = _solve(op, C_hat, n_global, float(rho), float(eps), float(gamma), init, max_iter=max_iter, tol=tol,
-                         on_nonconvergence=on_nonconvergence, process_group=process_group, chosen=chosen)
+                         on_nonconvergence=on_nonconvergence, process_group=process_group, chosen=chosen,
+                         explicit=_explicit(impl))
     return (n_global * plan[:, :-1]).float(), state
 
 
@@ -327,7 +385,8 @@ def sp2ot_plan(logits, rho, similarity, *, lam=None, eps=0.1, gamma=1.0, mm_iter
     for _ in range(mm_iters):
         Ct = torch.cat([C - lam * _sym_times(S, Q), C.new_zeros(N, 1)], 1)
         plan, state = _solve(op, Ct, N, float(rho), float(eps), float(gamma), state, max_iter=max_iter, tol=tol,
-                             on_nonconvergence=on_nonconvergence, process_group=None, chosen=chosen)
+                             on_nonconvergence=on_nonconvergence, process_group=None, chosen=chosen,
+                             explicit=_explicit(impl))
         Q = plan[:, :-1].to(C.dtype)
         SQ = torch.sparse.mm(S, Q) if S.is_sparse else S @ Q
         obj = float((Q * C).sum() - lam * (Q * SQ).sum() + eps * torch.special.xlogy(Q, Q).sum())
