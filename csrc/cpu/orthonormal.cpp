@@ -3,6 +3,7 @@
 // contiguous stride. Large matrices: the Gram is a syrk-like recursive half product through ATen's BLAS
 // (about 5/8 of a full GEMM), and the backward is one GEMM, R·X, since R is symmetric.
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -10,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
+#include <unordered_map>
 #include <vector>
 
 #include "regops/checks.h"
@@ -304,6 +306,23 @@ at::Tensor orthonormal_grad_accumulate_cpu(at::TensorList mats, at::TensorList g
     REGOPS_CHECK_TYPE(grads[i].scalar_type() == mats[i].scalar_type(), op, gname, "dtype " + c10::str(mats[i].scalar_type()),
                       describe(grads[i]));
     check_device(op, gname.c_str(), grads[i], c10::DeviceType::CPU);
+    // The rows of one grad are written by parallel tasks: an expanded (stride-0) grad would race.
+    REGOPS_CHECK_VALUE(at::has_internal_overlap(grads[i]) != at::MemOverlap::Yes, op, gname,
+                       "a gradient whose elements do not share memory (not an expanded tensor)",
+                       "strides " + c10::str(grads[i].strides()));
+  }
+  // Distinct grads are written by parallel tasks too: no two may share memory.
+  {
+    std::unordered_map<const void*, std::vector<int64_t>> by_storage;
+    for (int64_t i = 0; i < n; ++i) by_storage[grads[i].storage().data()].push_back(i);
+    for (const auto& entry : by_storage)
+      for (size_t a = 0; a < entry.second.size(); ++a)
+        for (size_t b = a + 1; b < entry.second.size(); ++b) {
+          const int64_t i = entry.second[a], j = entry.second[b];
+          REGOPS_CHECK_VALUE(at::get_overlap_status(grads[i], grads[j]) == at::MemOverlapStatus::No, op,
+                             "grads[" + std::to_string(j) + "]", "a gradient that shares no memory with another",
+                             "memory overlapping grads[" + std::to_string(i) + "]");
+        }
   }
   auto values = at::empty({n}, at::TensorOptions().dtype(at::kDouble));
   double* v = values.data_ptr<double>();

@@ -15,6 +15,9 @@ from . import nn
 from . import ot
 from . import masktune
 from .masktune import kd_loss
+from .ops import _autograd
+
+_autograd.register_all()
 
 try:
     __version__ = _version("regops")

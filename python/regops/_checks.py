@@ -1,6 +1,7 @@
 """One place that words every argument error, so all ops say the same things the same way."""
 from __future__ import annotations
 
+import math
 import os
 from typing import NoReturn
 
@@ -29,6 +30,23 @@ def check_tensor(op: str, arg: str, t, *, ndims=None, dtypes=None) -> torch.Tens
         names = ", ".join(dtype_name(d) for d in dtypes)
         fail(op, arg, f"dtype in ({names})", dtype_name(t.dtype), TypeError)
     return t
+
+
+def number(op: str, arg: str, v, *, low=None, low_open=False, high=None, what="a finite number") -> float:
+    """A real scalar: an int, a float, a 0-dim real tensor, or a SymInt/SymFloat under torch.compile (float()
+    specializes it, as the float argument of an op schema would). Booleans, strings and other types are a
+    TypeError; non-finite values or values out of [low, high] ((low, high] with low_open) a ValueError."""
+    if isinstance(v, torch.Tensor):
+        if v.numel() != 1 or v.dtype == torch.bool or v.is_complex():
+            fail(op, arg, what, f"a tensor of shape {tuple(v.shape)} and dtype {dtype_name(v.dtype)}", TypeError)
+        v = v.detach().item()
+    if isinstance(v, bool) or not isinstance(v, (int, float, torch.SymInt, torch.SymFloat)):
+        fail(op, arg, what, f"{type(v).__name__} {v!r}", TypeError)
+    x = float(v)
+    if x != x or x in (math.inf, -math.inf) or (low is not None and (x <= low if low_open else x < low)) \
+            or (high is not None and x > high):
+        fail(op, arg, what, repr(v))
+    return x
 
 
 def check_choice(op: str, arg: str, value, choices) -> None:

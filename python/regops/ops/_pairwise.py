@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib.util
 
 import torch
-import torch.nn.functional as F
 
 from .. import _checks
 from .._loader import resolve_impl, schema_registered, triton_available
@@ -124,8 +123,8 @@ def row_losses(op: str, kind: int, features: torch.Tensor, labels: torch.Tensor,
     if chosen != "cpu":  # the CPU kernel checks finiteness in its normalization pass, for free
         _checks.check_finite_eager(op, "features", features)
     # The kernels normalize the rows themselves (and take the gradient back through it); the reference uses
-    # autograd through F.normalize.
-    x = features.to(acc).contiguous() if chosen != "reference" else F.normalize(features.to(acc), dim=1)
+    # autograd through a scale-safe F.normalize.
+    x = features.to(acc).contiguous() if chosen != "reference" else reference.normalize_rows(features.to(acc))
     n = x.shape[0]
     world, offset = 1, 0
     xc = lc = pc = None

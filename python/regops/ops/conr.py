@@ -59,12 +59,13 @@ def conr_loss(features, labels, preds, weights=None, *, temperature=None, thresh
     temperature = tau if temperature is None else temperature
     threshold = omega if threshold is None else threshold
     push = push_default if push is None else push
-    for name, v in (("temperature", temperature), ("threshold", threshold), ("push", push)):
-        if not isinstance(v, (int, float)) or not math.isfinite(v):
-            _checks.fail(OP, name, "a finite number", repr(v))
-    if temperature <= 0:
-        _checks.fail(OP, "temperature", "a positive number", repr(temperature))
-    if not isinstance(label_norm, (int, float)) or not label_norm > 0:
+    temperature = _checks.number(OP, "temperature", temperature, low=0, low_open=True, what="a positive number")
+    threshold = _checks.number(OP, "threshold", threshold)
+    push = _checks.number(OP, "push", push)
+    if isinstance(label_norm, bool) or not isinstance(label_norm, (int, float)):
+        _checks.fail(OP, "label_norm", "a positive number or inf", f"{type(label_norm).__name__} {label_norm!r}",
+                     TypeError)
+    if not label_norm > 0:
         _checks.fail(OP, "label_norm", "a positive number or inf", repr(label_norm))
     if variant == "nyud2" and push < 0:
         _checks.fail(OP, "push", "a number >= 0 for variant 'nyud2' (its log(push·w·d) needs it)", repr(push))

@@ -1,8 +1,6 @@
 """supcon_loss and focal_supcon_loss on the pairwise contrastive engine (ops/_pairwise.py)."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .. import _checks
@@ -13,17 +11,18 @@ SUPCON_KERNELS = _pairwise.KERNELS
 FOCAL_KERNELS = _pairwise.KERNELS
 
 
-def _validate(op, features, labels, temperature, process_group=None) -> torch.Tensor:
+def _validate(op, features, labels, process_group=None) -> torch.Tensor:
     n = _pairwise.check_features(op, features, DTYPES)
     _checks.check_tensor(op, "labels", labels, ndims=(1,))
     if labels.shape[0] != n:
         _checks.fail(op, "labels", f"shape ({n},) (one per feature row)", f"shape {tuple(labels.shape)}")
     if labels.device != features.device:
         _checks.fail(op, "labels", f"device {features.device} (as features)", f"device {labels.device}", RuntimeError)
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
-        _checks.fail(op, "temperature", "a positive finite number", repr(temperature))
     labels = labels.detach()
-    if labels.is_floating_point() or labels.is_complex():
+    if labels.is_complex():
+        _checks.fail(op, "labels", "real labels (class ids or values)", f"dtype {_checks.dtype_name(labels.dtype)}",
+                     TypeError)
+    if labels.is_floating_point():
         if torch.compiler.is_compiling():
             _checks.fail(op, "labels", "integer class ids under torch.compile", f"dtype {labels.dtype}", TypeError)
         _checks.check_finite_eager(op, "labels", labels)
@@ -38,9 +37,10 @@ def _validate(op, features, labels, temperature, process_group=None) -> torch.Te
 
 
 def _loss(op, kind, features, labels, temperature, process_group, impl):
-    labels = _validate(op, features, labels, temperature, process_group)
+    temperature = _checks.number(op, "temperature", temperature, low=0, low_open=True, what="a positive finite number")
+    labels = _validate(op, features, labels, process_group)
     rows, n_pos, world, m = _pairwise.row_losses(op, kind, features, labels, None, None,
-                                                 temperature=float(temperature), process_group=process_group,
+                                                 temperature=temperature, process_group=process_group,
                                                  impl=impl)
     return _pairwise.reduce_loss(kind, rows, n_pos, None, world, m, process_group).to(features.dtype)
 

@@ -36,19 +36,28 @@ if triton_available() and importlib.util.find_spec("regops.triton.graddrop") is 
     from ..triton import graddrop as _triton_graddrop  # noqa: F401  (registers the triton ops)
 
 
+@torch._dynamo.assume_constant_result
+def _resolve(impl, device_type: str) -> str:
+    return resolve_impl(OP, impl, torch.device(device_type), KERNELS)
+
+
 def _pick(impl, device):
-    return resolve_impl(OP, impl, device, KERNELS)
+    return _resolve(impl, device.type)
 
 
 def graddrop_keep_prob(g_task: torch.Tensor, g_reg: torch.Tensor, *, impl=None) -> torch.Tensor:
-    """P elementwise (in float32 arithmetic), in g_task's dtype."""
+    """P elementwise (in float32 arithmetic), in g_task's dtype; a mask statistic, without gradient on every impl
+    (the inputs are detached)."""
     op = "graddrop_keep_prob"
     for arg, t in (("g_task", g_task), ("g_reg", g_reg)):
         _checks.check_tensor(op, arg, t, dtypes=DTYPES)
     if g_reg.shape != g_task.shape:
         _checks.fail(op, "g_reg", f"shape {tuple(g_task.shape)} (as g_task)", f"shape {tuple(g_reg.shape)}")
     _checks.check_same(op, "grads", [g_task, g_reg])
+    _checks.check_finite_eager(op, "g_task", g_task)
+    _checks.check_finite_eager(op, "g_reg", g_reg)
     chosen = _pick(impl, g_task.device)
+    g_task, g_reg = g_task.detach(), g_reg.detach()
     if chosen == "reference":
         return reference.keep_prob(g_task, g_reg).to(g_task.dtype)
     if chosen == "triton":

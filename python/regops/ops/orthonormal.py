@@ -74,7 +74,14 @@ def penalty_rows(x: torch.Tensor, squared: bool, impl) -> torch.Tensor:
     chosen = _pick(impl, x.device.type)
     if chosen == "reference":
         _checks.check_finite_eager(OP, "mats", x)
-        return reference.orthonormal_penalty_rows(x, squared)
+        values = reference.orthonormal_penalty_rows(x, squared)
+        if not torch.compiler.is_compiling() and _checks.check_finite_enabled(x.device):
+            # finite entries whose Gram overflows (1e20 in float32): the kernels' error, not inf or a NaN read as 0
+            bad = ~torch.isfinite(values.detach())
+            if bool(bad.any()):
+                _checks.fail(OP, "mats", "finite values", f"a non-finite penalty for matrix {int(bad.nonzero()[0])} "
+                             "(the input holds NaN/Inf or overflows)")
+        return values
     if chosen == "triton":
         return torch.ops.regops.orthonormal_penalty_fwd_triton(x, squared)[0]
     return torch.ops.regops.orthonormal_penalty_fwd(x, squared)[0]

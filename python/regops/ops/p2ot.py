@@ -71,8 +71,13 @@ def _explicit(impl):
     return impl is not None and impl != "auto"
 
 
+@torch._dynamo.assume_constant_result
+def _resolve(op: str, impl, device_type: str) -> str:
+    return resolve_impl(op, impl, torch.device(device_type), KERNELS)
+
+
 def _pick(op, impl, t):
-    chosen = resolve_impl(op, impl, t.device, KERNELS)
+    chosen = _resolve(op, impl, t.device.type)
     if chosen == "triton" and t.dtype != torch.float32 and impl != "triton":
         chosen = "reference"
     return chosen
@@ -97,13 +102,15 @@ def _check_logits(op, logits):
 
 
 def _check_params(op, rho, eps, gamma, max_iter, tol, on_nonconvergence):
-    if not (0 < float(rho) <= 1):
-        _checks.fail(op, "rho", "a mass in (0, 1]", repr(rho))
-    if not (float(eps) > 0 and math.isfinite(float(eps))):
-        _checks.fail(op, "eps", "a positive finite number", repr(eps))
-    if not (float(gamma) > 0 and math.isfinite(float(gamma))):
-        _checks.fail(op, "gamma", "a positive finite number", repr(gamma))
+    """Returns (rho, eps, gamma) as floats."""
+    rho = _checks.number(op, "rho", rho, low=0, low_open=True, high=1, what="a mass in (0, 1]")
+    eps = _checks.number(op, "eps", eps, low=0, low_open=True, what="a positive finite number")
+    gamma = _checks.number(op, "gamma", gamma, low=0, low_open=True, what="a positive finite number")
+    for name, v in (("max_iter", max_iter), ("tol", tol)):
+        if isinstance(v, bool):
+            _checks.fail(op, name, "a number, not a bool", repr(v), TypeError)
     _check_options(op, max_iter, tol, CHECK_EVERY, on_nonconvergence, None)
+    return rho, eps, gamma
 
 
 def _world(process_group):
@@ -128,7 +135,12 @@ def _init_log_b(op, init, Kc, device):
     if not isinstance(lb, torch.Tensor) or lb.shape != (Kc,):
         _checks.fail(op, "init", f"a P2OTState (or log column scaling) of shape ({Kc},)",
                      f"{type(init).__name__}" + (f" of shape {tuple(lb.shape)}" if isinstance(lb, torch.Tensor) else ""))
-    return lb.detach().to(device=device, dtype=torch.float64)
+    lb = lb.detach().to(device=device, dtype=torch.float64)
+    # −inf is a column of zero scaling (the virtual column at ρ = 1); NaN or +inf is no scaling at all
+    if not torch.compiler.is_compiling() and bool((torch.isnan(lb) | (lb == math.inf)).any()):
+        i = int((torch.isnan(lb) | (lb == math.inf)).nonzero()[0])
+        _checks.fail(op, "init", "a log column scaling without NaN or +inf", f"{float(lb[i])} at index {i}")
+    return lb
 
 
 def _solve_stabilized(op, C_hat, n_global, log_col, tau, eps, log_b0, *, max_iter, tol, chosen, process_group):
@@ -295,11 +307,11 @@ def p2ot_plan(logits, rho, *, eps=0.1, gamma=1.0, max_iter=1000, tol=1e-6, init=
     ranks form one problem (N counts them all) and each rank gets its rows of the plan."""
     op = "p2ot_plan"
     _check_logits(op, logits)
-    _check_params(op, rho, eps, gamma, max_iter, tol, on_nonconvergence)
+    rho, eps, gamma = _check_params(op, rho, eps, gamma, max_iter, tol, on_nonconvergence)
     chosen = _pick(op, impl, logits)
     n_global = logits.shape[0] * _world(process_group)
     C_hat = _cost(logits)
-    plan, state = _solve(op, C_hat, n_global, float(rho), float(eps), float(gamma), init, max_iter=max_iter, tol=tol,
+    plan, state = _solve(op, C_hat, n_global, rho, eps, gamma, init, max_iter=max_iter, tol=tol,
                          on_nonconvergence=on_nonconvergence, process_group=process_group, chosen=chosen,
                          explicit=_explicit(impl))
     return (n_global * plan[:, :-1]).float(), state
@@ -336,8 +348,12 @@ def topk_gaussian_similarity(features, k: int = 20, sigma: float = 2.0, *, block
     N, D = features.shape
     if N < 2:
         _checks.fail(op, "features", "at least two rows", f"shape {tuple(features.shape)}")
-    if not isinstance(k, int) or k < 1:
+    if D == 0:
+        _checks.fail(op, "features", "at least one column", f"shape {tuple(features.shape)}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         _checks.fail(op, "k", "an int >= 1", repr(k))
+    sigma = _checks.number(op, "sigma", sigma, low=0, low_open=True, what="a positive finite number")
+    _checks.check_finite_eager(op, "features", features)
     k = min(k, N - 1)
     f = features.detach().float()
     sq = f.pow(2).sum(1)
@@ -368,23 +384,28 @@ def sp2ot_plan(logits, rho, similarity, *, lam=None, eps=0.1, gamma=1.0, mm_iter
     Returns (plan = N·Q (N, K) float32, state). similarity: dense (N, N) or sparse (topk_gaussian_similarity)."""
     op = "sp2ot_plan"
     _check_logits(op, logits)
-    _check_params(op, rho, eps, gamma, max_iter, tol, on_nonconvergence)
+    rho, eps, gamma = _check_params(op, rho, eps, gamma, max_iter, tol, on_nonconvergence)
     N, K = logits.shape
     _checks.check_tensor(op, "similarity", similarity)
     if tuple(similarity.shape) != (N, N):
         _checks.fail(op, "similarity", f"shape ({N}, {N})", f"shape {tuple(similarity.shape)}")
-    if not isinstance(mm_iters, int) or mm_iters < 1:
-        _checks.fail(op, "mm_iters", "an int >= 1", repr(mm_iters))
-    lam = 1000.0 * (1 - float(rho)) if lam is None else float(lam)
+    if isinstance(mm_iters, bool) or not isinstance(mm_iters, int) or mm_iters < 1:
+        _checks.fail(op, "mm_iters", "an int >= 1", repr(mm_iters), TypeError if not isinstance(mm_iters, int) or
+                     isinstance(mm_iters, bool) else ValueError)
+    mm_tol = _checks.number(op, "mm_tol", mm_tol, low=0, what="a finite number >= 0")
+    lam = 1000.0 * (1 - rho) if lam is None else _checks.number(op, "lam", lam)
+    if not torch.compiler.is_compiling() and _checks.check_finite_enabled(similarity.device):
+        values = similarity.coalesce().values() if similarity.is_sparse else similarity
+        _checks.check_finite_eager(op, "similarity", values)
     chosen = _pick(op, impl, logits)
     C_hat = _cost(logits)
     C = C_hat[:, :-1]
     S = similarity.detach().to(device=C.device, dtype=C.dtype)
-    Q = torch.full((N, K), float(rho) / (N * K), dtype=C.dtype, device=C.device)
+    Q = torch.full((N, K), rho / (N * K), dtype=C.dtype, device=C.device)
     state, prev = None, None
     for _ in range(mm_iters):
         Ct = torch.cat([C - lam * _sym_times(S, Q), C.new_zeros(N, 1)], 1)
-        plan, state = _solve(op, Ct, N, float(rho), float(eps), float(gamma), state, max_iter=max_iter, tol=tol,
+        plan, state = _solve(op, Ct, N, rho, eps, gamma, state, max_iter=max_iter, tol=tol,
                              on_nonconvergence=on_nonconvergence, process_group=None, chosen=chosen,
                              explicit=_explicit(impl))
         Q = plan[:, :-1].to(C.dtype)

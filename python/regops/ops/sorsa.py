@@ -64,6 +64,11 @@ def _factor_pairs(model_or_params):
 
 
 @torch.no_grad()
+def _fail_non_finite(i):
+    _checks.fail(REG_OP, f"mats[{i}]", "finite values", "a non-finite penalty (NaN/Inf input or overflow); no gradient "
+                 "was changed")
+
+
 def sorsa_regularize_(model_or_params, gamma: float, lr: float, *, impl=None) -> torch.Tensor:
     """Adds ∇((γ/lr)·calc_ortho) into the .grad of every SORSA A and B, as the official trainer does after
     gradient clipping, with no autograd graph. Returns calc_ortho's value (detached) for logging.
@@ -84,6 +89,9 @@ def sorsa_regularize_(model_or_params, gamma: float, lr: float, *, impl=None) ->
             _checks.check_tensor(REG_OP, arg, t, ndims=(2,), dtypes=(torch.float32, torch.float64, torch.bfloat16))
             if t.grad is None:
                 t.grad = torch.zeros_like(t)
+            if torch._debug_has_internal_overlap(t.grad) == 1:  # an expanded .grad: one element, many places
+                _checks.fail(REG_OP, f"{arg}.grad", "a gradient whose elements do not share memory (not an expanded "
+                             "tensor)", f"strides {tuple(t.grad.stride())}")
         mats += [a, b.t()]           # the canonical "rows" form: A Aᵀ and (Bᵀ)(Bᵀ)ᵀ = Bᵀ B
         grads += [a.grad, b.grad.t()]
     _checks.check_same(REG_OP, "params", mats)
@@ -108,15 +116,14 @@ def sorsa_regularize_(model_or_params, gamma: float, lr: float, *, impl=None) ->
             bwd = torch.ops.regops.orthonormal_penalty_bwd_triton if chosen == "triton" else torch.ops.regops.orthonormal_penalty_bwd
             try:
                 values, residual = fwd(x, False)
-            except ValueError:  # the kernel's own finiteness check: re-word it for this op, below
-                finite = torch.isfinite(x).flatten(1).all(1)
-                values, residual = torch.where(finite, 0.0, float("nan")), None
-            if residual is not None:
-                grad = bwd(g, x, residual, False)
+            except ValueError:  # the kernel's own finiteness check (NaN/Inf, or a finite input that overflows)
+                values = reference.orthonormal_penalty_rows(x, False)
+                bad = ~torch.isfinite(values)
+                _fail_non_finite(idx[int(bad.nonzero()[0])] if bool(bad.any()) else idx[0])
+            grad = bwd(g, x, residual, False)
         bad = ~torch.isfinite(values)
         if _checks.check_finite_enabled(x.device) and bool(bad.any()):
-            i = idx[int(bad.nonzero()[0])]
-            _checks.fail(REG_OP, f"mats[{i}]", "finite values", "a non-finite penalty (NaN/Inf input or overflow); no gradient was changed")
+            _fail_non_finite(idx[int(bad.nonzero()[0])])
         total = total + values.sum()
         updates.append((idx, grad))
     for idx, grad in updates:

@@ -525,6 +525,8 @@ def apply_plan(out: SinkhornOutput, v: torch.Tensor, *, transpose: bool = False)
     vb = vb if vb.dim() == 3 else vb.unsqueeze(0)
     if vb.shape[1] != n_in:
         _checks.fail(op, "v", f"{n_in} rows (the points P is applied over)", f"shape {tuple(v.shape)}")
+    if not torch.compiler.is_compiling():
+        _checks.check_finite_eager(op, "v", v)
     vb = vb.to(device=f.device, dtype=f.dtype).expand(f.shape[0], -1, -1).contiguous()
     if out._C is not None:
         P = reference.plan_from_cost(out._C, f, g, eps)
@@ -547,8 +549,12 @@ def barycentric_map(out: SinkhornOutput, y: Optional[torch.Tensor] = None) -> to
             _checks.fail("ot.barycentric_map", "y", "the target points for a solve from a cost matrix", "None")
         y = out._y + out._shift
         y = y if out._batched else y[0]
-    Py = apply_plan(out, y)
     a = out._a if out._batched else out._a[0]
+    if not torch.compiler.is_compiling() and bool((a <= 0).any()):
+        i = tuple(int(j) for j in (a <= 0).nonzero()[0])
+        _checks.fail("ot.barycentric_map", "a", "positive weights (a point of zero mass has no image)",
+                     f"a{list(i)} = {float(a[i])}")
+    Py = apply_plan(out, y)
     return Py / a[..., None]
 
 

@@ -17,9 +17,9 @@ def orthonormal_penalty_rows(x: torch.Tensor, squared: bool) -> torch.Tensor:
     sumsq = (gram - eye).square().sum(dim=(1, 2))
     if squared:
         return sumsq.to(x.dtype)
-    # sqrt has an infinite slope at 0; use the subgradient 0 there, as the kernels do.
-    safe = torch.where(sumsq > 0, sumsq, torch.ones_like(sumsq))
-    return torch.where(sumsq > 0, safe.sqrt(), torch.zeros_like(sumsq)).to(x.dtype)
+    # sqrt has an infinite slope at 0; use the subgradient 0 there, as the kernels do (a NaN stays NaN)
+    safe = torch.where(sumsq == 0, torch.ones_like(sumsq), sumsq)
+    return torch.where(sumsq == 0, torch.zeros_like(sumsq), safe.sqrt()).to(x.dtype)
 
 
 def orthonormal_penalty_grad_rows(x: torch.Tensor, squared: bool, grad_values: torch.Tensor):

@@ -9,6 +9,20 @@ from __future__ import annotations
 import torch
 
 
+NORM_EPS = 1e-12  # F.normalize's
+
+
+def normalize_rows(x: torch.Tensor) -> torch.Tensor:
+    """F.normalize(x, dim=1) = x / max(‖x‖, 1e-12), safe for huge finite rows: with m the largest |entry| of a
+    row whose ‖x‖² could overflow (m > max^¼; other rows keep F.normalize's arithmetic exactly), and m a
+    constant for autograd, x / max(‖x‖, ε) = (x/m) / max(‖x/m‖, ε/m), and ‖x/m‖² cannot overflow."""
+    big = torch.finfo(x.dtype).max ** 0.25
+    m = x.detach().abs().amax(1, keepdim=True)
+    scale = torch.where(m > big, m, torch.ones_like(m))
+    y = x / scale
+    return y / torch.maximum(torch.linalg.vector_norm(y, dim=1, keepdim=True), NORM_EPS / scale)
+
+
 def _diagonal(n: int, m: int, offset: int, device) -> torch.Tensor:
     return torch.arange(n, device=device)[:, None] + offset == torch.arange(m, device=device)[None, :]
 
