@@ -17,7 +17,7 @@ import importlib.util
 import torch
 
 from .. import _checks
-from .._loader import resolve_impl, schema_registered, triton_available
+from .._loader import has_kernel, resolve_impl, schema_registered, triton_available
 from ..reference import sinkhorn as reference
 
 OP = "sinkhorn"
@@ -69,6 +69,16 @@ class Kernels:
         """−eps·LSE_j((pot_j − c_ij)/eps): the update with log_w = 0, tau = 1 (gives the row marginals)."""
         zeros = x.new_zeros(x.shape[:2])
         return self.update(x, y, pot, zeros, torch.ones_like(zeros), eps, cost)
+
+
+def precise_impl(chosen: str, device: torch.device) -> str:
+    """The impl that evaluates a float64 pass for `chosen`: itself, except Triton (float32 only), which hands it to
+    the compiled kernel of the same device where there is one."""
+    if chosen != "triton":
+        return chosen
+    key = "CUDA" if device.type == "cuda" else "CPU"
+    return "cuda" if device.type == "cuda" and has_kernel("sinkhorn_update", key) else (
+        "cpu" if device.type == "cpu" and has_kernel("sinkhorn_update", key) else "reference")
 
 
 @torch._dynamo.assume_constant_result

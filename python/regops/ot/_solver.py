@@ -9,7 +9,8 @@ Conventions (docs/notes/ott_sinkhorn_conventions.md has the sources):
   below ``tol``. The column marginal comes for free from the next g update (Pᵀ1_j = b_j·e^{(g_j − g'_j/τ_j)/eps}),
   so a check costs no extra pass and no host sync happens between checks.
 - reg_ot_cost = div_a + div_b + eps·(Σa·Σb − ΣP) (OTT's dual form; = ⟨P,C⟩ + eps·KL(P‖a⊗b) at convergence),
-  ent_reg_cost = reg_ot_cost − eps·(H(a) + H(b)).
+  ent_reg_cost = reg_ot_cost − eps·(H(a) + H(b)). Where eps dwarfs the costs, that difference cancels in float32;
+  the costs are then evaluated again in float64 (see _costs), and a CostPrecisionWarning says when even that fails.
 - Gradients (Danskin, OTT's ``use_danskin=True``): the iterations run without autograd; only the final
   potentials (held fixed) and the cost are differentiated. ∂reg_ot_cost/∂C = P.
 """
@@ -34,6 +35,11 @@ _STAT_CHUNK = 1 << 22  # cost entries per chunk when statistics need a pass over
 
 class NonConvergenceWarning(RuntimeWarning):
     """A regops OT solver stopped at max_iter with its marginal error at or above tol."""
+
+
+class CostPrecisionWarning(RuntimeWarning):
+    """eps dwarfs the costs so far that reg_ot_cost / ent_reg_cost keep fewer than ~4 correct digits, even with the
+    mass ΣP recomputed in float64 (see _costs)."""
 
 
 class SinkhornNotConverged(RuntimeError):
@@ -308,6 +314,81 @@ def _dual_costs(f, g, a, b, tau_a, tau_b, eps, mass):
     return reg, ent
 
 
+# Relative error of reg_ot_cost above which the mass is recomputed in float64, and above which a warning says so.
+COST_RECOMPUTE_RTOL = 1e-5
+COST_WARN_RTOL = 1e-4
+
+
+def _mass_rounding(f, g, eps, mass, dtype):
+    """A bound on |Δ(eps·ΣP)| from rounding in dtype: each row mass exp((f_i − out_i)/eps) carries a relative error
+    of about u·(|f_i| + |out_i| + |g_j − c_ij|)/eps + u·log₂M, and eps times it is what the dual form subtracts."""
+    u = torch.finfo(dtype).eps
+
+    e = eps.detach().double()
+    return u * mass.detach().double().abs() * (3 * (_finite_abs_max(f) + _finite_abs_max(g)) + 8 * e)
+
+
+def _costs(op, f, g, a, b, tau_a, tau_b, eps, mass_fn, cost_scale, balanced):
+    """The dual costs, with digits kept where eps dwarfs the costs.
+
+    reg_ot_cost subtracts eps·ΣP from eps·Σa·Σb; the difference is of the order of the costs, so when eps is many
+    orders above them the working dtype's rounding of ΣP (about u·eps) swamps it. Then ΣP and the dual form are
+    evaluated again in float64 at the same (float32) potentials: the dual is stationary there, so storing the
+    potentials in float32 costs only about (u₃₂·|f|)²/eps. If even that leaves fewer than ~4 digits, warn.
+    Balanced potentials are first moved to an even split (f − c, g + c: the same plan), since with eps huge the
+    solve leaves f̃ = f − eps·log a and g̃ near ±eps·log N, and c·(Σa − Σb) would turn the masses' last-bit
+    difference into an error of the order of the costs."""
+    mass = mass_fn(f, g, None)
+    reg, ent = _dual_costs(f, g, a, b, tau_a, tau_b, eps, mass)
+    if torch.compiler.is_compiling():
+        return reg, ent
+    dtype = reg.dtype
+    # Compared with |reg|, or a thousandth of the largest cost where reg is near 0 (x = y); all-zero costs are exact.
+    floor = 1e-3 * cost_scale().to(torch.float64)
+    scale = torch.maximum(reg.detach().double().abs(), floor)
+    err = _mass_rounding(f, g, eps, mass, dtype)
+    if not bool(((err > COST_RECOMPUTE_RTOL * scale) & (scale > 0)).any()):
+        return reg, ent
+    if dtype != torch.float64:
+        d = torch.float64
+        f64, g64 = f.double(), g.double()
+        if balanced:
+            f64, g64 = _split_evenly(f64, g64, a.detach().to(d), b.detach().to(d), eps.detach().to(d))
+        mass = mass_fn(f64, g64, d)
+        reg, ent = _dual_costs(f64, g64, a.to(d), b.to(d), tau_a.to(d), tau_b.to(d), eps.to(d), mass)
+        u = torch.finfo(dtype).eps
+        stored = (u * (_finite_abs_max(f) + _finite_abs_max(g))).pow(2) / eps.detach().double()
+        err = _mass_rounding(f.double(), g.double(), eps.double(), mass, d) + stored
+        scale = torch.maximum(reg.detach().abs(), floor)
+        reg, ent = reg.to(dtype), ent.to(dtype)
+    bad = (err > COST_WARN_RTOL * scale) & (scale > 0)
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad)[0, 0])
+        warnings.warn(f"regops.{op}: eps {eps[i].item():.4g} dwarfs the costs (reg_ot_cost {reg[i].item():.4g}, "
+                      f"rounding error up to {err[i].item():.2g}): the costs have few correct digits; lower eps"
+                      + ("" if dtype == torch.float64 else " or pass float64 inputs"), CostPrecisionWarning,
+                      stacklevel=4)
+    return reg, ent
+
+
+def _split_evenly(f, g, a, b, eps):
+    """(f − c, g + c) with c making the a- and b-weighted means of f̃ = f − eps·log a and g̃ equal."""
+    e = eps[:, None]
+
+    def mean_tilde(p, w):
+        pos = w > 0
+        t = torch.where(pos, p - e * torch.log(torch.where(pos, w, torch.ones_like(w))), torch.zeros_like(p))
+        return (w * t).sum(1) / w.sum(1)
+
+    c = 0.5 * (mean_tilde(f, a) - mean_tilde(g, b))
+    return f - c[:, None], g + c[:, None]
+
+
+def _finite_abs_max(p):
+    p = p.detach().double()
+    return torch.where(torch.isfinite(p), p.abs(), torch.zeros_like(p)).amax(1)
+
+
 def _entropy(w):
     pos = w > 0
     return -torch.where(pos, w * torch.log(torch.where(pos, w, torch.ones_like(w))), torch.zeros_like(w)).sum(1)
@@ -355,7 +436,7 @@ def _init_potentials(op, init, B, N, M, like):
 
 
 def _solve(op, engine, mass_fn, a, b, tau_a, tau_b, unbalanced, eps, eps_at, n_anneal, init, *, max_iter, tol,
-           check_every, like):
+           check_every, like, cost_scale):
     B, N, M = a.shape[0], a.shape[1], b.shape[1]
     if not unbalanced and not torch.compiler.is_compiling():
         sa, sb = a.sum(1), b.sum(1)
@@ -370,10 +451,20 @@ def _solve(op, engine, mass_fn, a, b, tau_a, tau_b, unbalanced, eps, eps_at, n_a
         g = torch.where(bd > 0, g, torch.full_like(g, float("-inf")))
         f, g, n_iter, err = _iterate(engine, f, g, ad, bd, log_a, log_b, tau_a, tau_b, eps_at, n_anneal, eps,
                                      max_iter=max_iter, tol=tol, check_every=check_every, unbalanced=unbalanced)
-    mass = mass_fn(f, g)
-    reg, ent = _dual_costs(f, g, a, b, tau_a, tau_b, eps, mass)
+    reg, ent = _costs(op, f, g, a, b, tau_a, tau_b, eps, mass_fn, cost_scale, balanced=not unbalanced)
     return SinkhornOutput(f=f, g=g, reg_ot_cost=reg, ent_reg_cost=ent, n_iter=n_iter, converged=err < tol,
                           marginal_error=err, eps=eps)
+
+
+def _cloud_mass(x, y, eps, cost, chosen):
+    """ΣP on point clouds, differentiable; dtype=float64 recomputes it precisely (Triton is float32 only, so it
+    goes to the compiled kernel of that device, or to the reference)."""
+    def mass(f, g, dtype):
+        if dtype is None:
+            return _backend.sinkhorn_mass(x, y, f, g, eps, cost, chosen)
+        return _backend.sinkhorn_mass(x.to(dtype), y.to(dtype), f, g, eps.to(dtype), cost,
+                                      _backend.precise_impl(chosen, x.device))
+    return mass
 
 
 def _prepare_clouds(op, x, y):
@@ -441,9 +532,9 @@ def sinkhorn(x, y, a=None, b=None, *, eps=None, relative_epsilon=None, cost="sqe
         engine = _Dense(reference.cost_matrix(xd, yd, cid), kernels)
     else:
         engine = _PointCloud(xd, yd, cid, kernels)
-    mass_fn = lambda f, g: _backend.sinkhorn_mass(xc, yc, f, g, eps_t, cid, chosen)  # noqa: E731
+    mass_fn = _cloud_mass(xc, yc, eps_t, cid, chosen)
     out = _solve(op, engine, mass_fn, a, b, ta, tb, ua or ub, eps_t, eps_at, n_anneal, init, max_iter=max_iter,
-                 tol=tol, check_every=check_every, like=x)
+                 tol=tol, check_every=check_every, like=x, cost_scale=lambda: _max_cost(xd, yd, cid))
     out._x, out._y, out._a, out._cost, out._impl, out._batched = xd, yd, a.detach(), cid, chosen, batched
     out._shift = shift
     return _finish(op, out, batched, tol, on_nonconvergence)
@@ -478,11 +569,12 @@ def sinkhorn_from_cost(C, a=None, b=None, *, eps=None, relative_epsilon=None, ta
     eps_at, n_anneal = _schedule(op, eps_schedule, eps_t, lambda: Cd.amax((1, 2)) - Cd.amin((1, 2)).clamp_max(0))
     engine = _Dense(Cd, Kernels(chosen))
 
-    def mass_fn(f, g):
-        return reference.plan_from_cost(C, f, g, eps_t).sum((1, 2))
+    def mass_fn(f, g, dtype):
+        c, e = (C, eps_t) if dtype is None else (C.to(dtype), eps_t.to(dtype))
+        return reference.plan_from_cost(c, f, g, e).sum((1, 2))
 
     out = _solve(op, engine, mass_fn, a, b, ta, tb, ua or ub, eps_t, eps_at, n_anneal, init, max_iter=max_iter,
-                 tol=tol, check_every=check_every, like=C)
+                 tol=tol, check_every=check_every, like=C, cost_scale=lambda: Cd.abs().amax((1, 2)))
     out._C, out._a, out._impl, out._batched = Cd, a.detach(), chosen, batched
     return _finish(op, out, batched, tol, on_nonconvergence)
 
@@ -591,8 +683,9 @@ def _symmetric_reg_ot_cost(op, x, a, eps, cid, chosen, *, max_iter, tol, check_e
                 if it == max_iter or (not torch.compiler.is_compiling() and not bool(active.any())):
                     break
             f = torch.where(active[:, None], 0.5 * (f + t), f)
-    mass = _backend.sinkhorn_mass(xc, xc, f, f, eps, cid, chosen)
-    reg, ent = _dual_costs(f, f, a, a, torch.ones_like(a), torch.ones_like(a), eps, mass)
+    ones = torch.ones_like(a)
+    reg, ent = _costs(op, f, f, a, a, ones, ones, eps, _cloud_mass(xc, xc, eps, cid, chosen),
+                      lambda: _max_cost(xd, xd, cid), balanced=True)
     out = SinkhornOutput(f=f, g=f, reg_ot_cost=reg, ent_reg_cost=ent, n_iter=n_iter, converged=err < tol,
                          marginal_error=err, eps=eps)
     return _finish(op, out, True, tol, on_nonconvergence).reg_ot_cost
