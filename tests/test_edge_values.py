@@ -141,3 +141,97 @@ def test_plan_utilities_check_their_inputs():
     out = regops.ot.sinkhorn(x, x + 1, eps=0.5)
     with pytest.raises(ValueError, match=r"regops\.ot\.apply_plan: v: expected finite values"):
         regops.ot.apply_plan(out, torch.full((6,), math.nan))
+
+
+def test_kd_loss_checks_its_inputs():
+    from regops import masktune
+    s, t = torch.randn(4, 5), torch.randn(4, 5)
+    with pytest.raises(TypeError, match=r"regops\.kd_loss: student_logits: expected a torch\.Tensor, got list"):
+        masktune.kd_loss(s.tolist(), t)
+    with pytest.raises(ValueError, match=r"regops\.kd_loss: teacher_logits: expected finite values, got nan"):
+        masktune.kd_loss(s, torch.where(t > 0, t, torch.full_like(t, math.nan)))
+    with pytest.raises(ValueError, match=r"regops\.kd_loss: T: expected a finite positive temperature, got inf"):
+        masktune.kd_loss(s, t, T=math.inf)
+    with pytest.raises(TypeError, match=r"regops\.kd_loss: T: expected a finite positive temperature, got bool"):
+        masktune.kd_loss(s, t, T=True)
+    with pytest.raises(ValueError, match=r"regops\.kd_loss: student_logits: expected at least one sample"):
+        masktune.kd_loss(s[:0], t[:0])
+    with pytest.raises(TypeError, match=r"regops\.kd_loss: student_logits: expected a floating-point tensor"):
+        masktune.kd_loss(s.long(), t)
+    # float64 stays float64 (was rounded through float32); a 0-dim tensor T works
+    s64 = s.double().requires_grad_()
+    v = masktune.kd_loss(s64, t.double(), T=torch.tensor(2.0))
+    assert v.dtype == torch.float64
+    assert torch.autograd.gradcheck(lambda x: masktune.kd_loss(x, t.double(), T=2.0), (s64,))
+
+
+def test_monge_gap_loss_lambda_is_checked():
+    for bad in (math.nan, -1.0, math.inf):
+        with pytest.raises(ValueError, match=r"regops\.nn\.MongeGapLoss: lambda_: expected a finite number >= 0"):
+            regops.nn.MongeGapLoss(lambda_=bad)
+    with pytest.raises(TypeError, match=r"regops\.nn\.MongeGapLoss: lambda_"):
+        regops.nn.MongeGapLoss(lambda_="1")
+    assert regops.nn.MongeGapLoss(lambda_=torch.tensor(0.5)).lambda_ == 0.5
+
+
+def test_masktune_load_rejects_truncated_bits():
+    from regops import masktune
+    m = masktune.apply(torch.nn.Sequential(torch.nn.Linear(5, 7)), targets=[torch.nn.Linear])
+    exported = masktune.export(m)
+    name = next(iter(exported))
+    exported[name] = dict(exported[name], bits=exported[name]["bits"][:-1])
+    with pytest.raises(ValueError, match=r"regops\.masktune\.load: exported\['0\.weight'\]\['bits'\]: expected a "
+                                         r"1-D tensor of 5 packed bytes \(the 35 mask bits"):
+        masktune.load(m, exported)
+
+
+def test_sinkhorn_eps_and_init_errors_are_clear():
+    x = torch.randn(2, 6, 2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"regops\.ot\.sinkhorn: eps: expected a number, or a tensor of 1 or 2 "
+                                         r"values \(one per problem\), got shape \(3,\)"):
+        regops.ot.sinkhorn(x, x + 1, eps=torch.tensor([0.1, 0.2, 0.3]))
+    with pytest.raises(ValueError, match=r"regops\.ot\.sinkhorn: eps: expected positive finite values, got eps "
+                                         r"\[0\.5, -0\.25\]"):
+        regops.ot.sinkhorn(x, x + 1, eps=torch.tensor([0.5, -0.25]))
+    with pytest.raises(ValueError, match=r"regops\.ot\.sinkhorn: eps: expected a positive finite number, got "
+                                         r"-0\.5"):
+        regops.ot.sinkhorn(x, x + 1, eps=torch.tensor(-0.5))
+    with pytest.raises(TypeError, match=r"regops\.ot\.sinkhorn: eps: expected a positive finite number, got bool"):
+        regops.ot.sinkhorn(x, x + 1, eps=True)
+    out = regops.ot.sinkhorn(x, x + 1, eps=torch.tensor([0.5, 0.25]))  # one eps per problem
+    assert out.eps.tolist() == [0.5, 0.25]
+    f = torch.zeros(6)
+    f[3] = math.nan
+    with pytest.raises(ValueError, match=r"regops\.ot\.sinkhorn: init: expected potentials without NaN or \+inf, "
+                                         r"got init f with nan"):
+        regops.ot.sinkhorn(x[0], x[0] + 1, eps=0.5, init=(f, torch.zeros(6)))
+    with pytest.raises(ValueError, match=r"regops\.ot\.sinkhorn: init: expected potentials of shapes"):
+        regops.ot.sinkhorn(x, x + 1, eps=0.5, init=(torch.zeros(3, 6), torch.zeros(6)))
+
+
+def test_composite_ops_name_themselves_in_errors():
+    x = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"^regops\.ot\.sinkhorn_divergence: a: "):
+        regops.ot.sinkhorn_divergence(x, x + 1, a=-torch.ones(6), eps=0.5)
+    with pytest.raises(ValueError, match=r"^regops\.ot\.sinkhorn_divergence: tau_a: "):
+        regops.ot.sinkhorn_divergence(x, x + 1, tau_a=2.0, eps=0.5)
+    with pytest.raises(ValueError, match=r"^regops\.monge_gap: eps: "):
+        regops.monge_gap(x, x + 1, eps=-1.0)
+    if "triton" in cpu_impls({"triton": "sinkhorn_update_triton"}):
+        with pytest.raises(TypeError, match=r"^regops\.monge_gap: x: expected dtype float32 for impl='triton'"):
+            regops.monge_gap(x, x + 1, eps=0.5, impl="triton")
+
+
+def test_iterative_solvers_reject_meta_tensors():
+    m = torch.device("meta")
+    x = torch.randn(6, 2, device=m)
+    cases = [("ot.sinkhorn", "x", lambda: regops.ot.sinkhorn(x, x, eps=0.1)),
+             ("ot.sinkhorn_from_cost", "C", lambda: regops.ot.sinkhorn_from_cost(x, eps=0.1)),
+             ("monge_gap", "x", lambda: regops.monge_gap(x, x, eps=0.1)),
+             ("p2ot_plan", "logits", lambda: regops.p2ot_plan(x, 0.5, impl="reference")),
+             ("sp2ot_plan", "logits", lambda: regops.sp2ot_plan(x, 0.5, torch.ones(6, 6, device=m)))]
+    for op, arg, call in cases:
+        with pytest.raises(RuntimeError, match=rf"regops\.{op}: {arg}: expected a tensor with data .* got a meta"):
+            call()
+    # the closed-form ops propagate shapes on meta tensors
+    assert regops.supcon_loss(x, torch.zeros(6, dtype=torch.long, device=m), impl="reference").device == m

@@ -302,9 +302,12 @@ void row_backward(const Problem<T>& P, int64_t r, int64_t col0, int64_t ncols, c
 }
 
 // Tile edge: large tiles make the tile GEMMs efficient (K = bs in E·Z), but every thread needs tiles of a round.
-std::tuple<int64_t, int64_t, int64_t> tile_grid(int64_t rows, int64_t cols, int threads) {
+// The edge depends on the shape only, never on the thread count: tile edges fix the summation order of the row
+// statistics, so any number of threads (a DataLoader worker, the main process) gives the same bits.
+constexpr int64_t kMinRowBlocks = 8;  // 4+ tiles per round; at 2 threads as fast as 4 or 16 blocks
+std::tuple<int64_t, int64_t, int64_t> tile_grid(int64_t rows, int64_t cols) {
   int64_t bs = rows >= 2048 ? 256 : 128;
-  while (bs > 16 && (rows + bs - 1) / bs < 2 * threads) bs /= 2;
+  while (bs > 16 && (rows + bs - 1) / bs < kMinRowBlocks) bs /= 2;
   return {bs, (rows + bs - 1) / bs, (cols + bs - 1) / bs};  // (edge, row blocks, column blocks)
 }
 
@@ -662,7 +665,7 @@ std::tuple<at::Tensor, at::Tensor> contrastive_fwd_cpu(
     const auto P = make_problem<scalar_t>(in, !candidates.has_value(), kind, offset, temperature, threshold, push,
                                           label_norm, label_ids);
     const int threads = at::get_num_threads();
-    const auto [bs, BI, BJ] = tile_grid(P.n, P.m, threads);
+    const auto [bs, BI, BJ] = tile_grid(P.n, P.m);
     std::vector<RowAcc<scalar_t>> acc(P.n, row_init<scalar_t>());
     const ForwardTile<scalar_t> tile{P, bs, acc.data()};
     if (P.symmetric) {  // rounds keep the row blocks of concurrent tiles disjoint: no locks on the statistics
@@ -709,7 +712,7 @@ std::tuple<at::Tensor, at::Tensor> contrastive_bwd_cpu(
     const auto P = make_problem<scalar_t>(in, !candidates.has_value(), kind, offset, temperature, threshold, push,
                                           label_norm, label_ids);
     const int threads = at::get_num_threads();
-    const auto [bs, BI, BJ] = tile_grid(P.n, P.m, threads);
+    const auto [bs, BI, BJ] = tile_grid(P.n, P.m);
     const BackwardTile<scalar_t> tile{P, bs, stats_c.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
                                       grad_a.data_ptr<scalar_t>(),
                                       P.symmetric ? nullptr : grad_c.data_ptr<scalar_t>()};

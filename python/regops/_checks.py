@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import NoReturn
 
 import torch
@@ -10,6 +11,18 @@ import torch
 
 def fail(op: str, arg: str, expected: str, got: str, kind: type[Exception] = ValueError) -> NoReturn:
     raise kind(f"regops.{op}: {arg}: expected {expected}, got {got}")
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def warn(message: str, category: type[Warning]) -> None:
+    """warnings.warn attributed to the first caller outside regops, however deep inside the library it is raised."""
+    import sys
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR + os.sep):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level + 1)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -47,6 +60,12 @@ def number(op: str, arg: str, v, *, low=None, low_open=False, high=None, what="a
             or (high is not None and x > high):
         fail(op, arg, what, repr(v))
     return x
+
+
+def check_has_data(op: str, arg: str, t: torch.Tensor) -> None:
+    """Iterative solvers stop on their data (convergence tests), so meta tensors (shapes only) cannot run them."""
+    if t.device.type == "meta":
+        fail(op, arg, "a tensor with data (an iterative solver decides on its values)", "a meta tensor", RuntimeError)
 
 
 def check_choice(op: str, arg: str, value, choices) -> None:

@@ -176,7 +176,13 @@ def load(model: nn.Module, exported: dict) -> nn.Module:
         if shape != tuple(sm.score.shape):
             _checks.fail("masktune.load", f"exported[{name!r}]", f"shape {tuple(sm.score.shape)}", f"shape {shape}")
         n = sm.score.numel()
-        bits = entry["bits"].to(torch.uint8).cpu()
+        bits = entry.get("bits") if isinstance(entry, dict) else None
+        need = (n + 7) // 8
+        if not isinstance(bits, torch.Tensor) or bits.dim() != 1 or bits.numel() != need:
+            got = _checks.describe(bits) if isinstance(bits, torch.Tensor) else type(bits).__name__
+            _checks.fail("masktune.load", f"exported[{name!r}]['bits']", f"a 1-D tensor of {need} packed bytes "
+                         f"(the {n} mask bits of shape {shape})", got)
+        bits = bits.to(torch.uint8).cpu()
         unpacked = ((bits[:, None] >> torch.arange(7, -1, -1, dtype=torch.uint8)) & 1).flatten()[:n].bool()
         margin = max(abs(sm.threshold), 1e-3)
         with torch.no_grad():
@@ -209,13 +215,25 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float
     −Σ softmax(t/T)·log_softmax(s/T)·T²; "kl" subtracts the teacher's entropy term (same student gradient)."""
     op = "kd_loss"
     _checks.check_choice(op, "kind", kind, ("soft_ce", "kl"))
+    for arg, t in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
+        _checks.check_tensor(op, arg, t)
+        if not t.is_floating_point():
+            _checks.fail(op, arg, "a floating-point tensor", _checks.dtype_name(t.dtype), TypeError)
     if student_logits.shape != teacher_logits.shape:
         _checks.fail(op, "teacher_logits", f"shape {tuple(student_logits.shape)} (as student_logits)",
                      f"shape {tuple(teacher_logits.shape)}")
-    if not T > 0:
-        _checks.fail(op, "T", "a positive temperature", repr(T))
-    p_t = torch.softmax(teacher_logits.detach().float() / T, dim=-1)
-    log_s = torch.log_softmax(student_logits.float() / T, dim=-1)
+    if teacher_logits.device != student_logits.device:
+        _checks.fail(op, "teacher_logits", f"device {student_logits.device} (as student_logits)",
+                     f"device {teacher_logits.device}", RuntimeError)
+    if student_logits.dim() == 0 or student_logits.shape[-1] == 0 or student_logits.numel() == 0:
+        _checks.fail(op, "student_logits", "at least one sample of at least one class (..., C)",
+                     f"shape {tuple(student_logits.shape)}")
+    T = _checks.number(op, "T", T, low=0, low_open=True, what="a finite positive temperature")
+    for arg, t in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
+        _checks.check_finite_eager(op, arg, t.detach())
+    acc = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
+    p_t = torch.softmax(teacher_logits.detach().to(acc) / T, dim=-1)
+    log_s = torch.log_softmax(student_logits.to(acc) / T, dim=-1)
     per = -(p_t * log_s).sum(-1)
     if kind == "kl":
         per = per + torch.special.xlogy(p_t, p_t).sum(-1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import _checks
 from ..ops.monge_gap import monge_gap
 from ..ot import sinkhorn_divergence
 
@@ -18,7 +19,8 @@ class MongeGapLoss(torch.nn.Module):
                  fit_relative_epsilon=None, reg_relative_epsilon=None, static_b: bool = False, max_iter: int = 2000,
                  tol: float = 1e-3, on_nonconvergence: str = "warn", impl=None):
         super().__init__()
-        self.lambda_ = float(lambda_)
+        self.lambda_ = _checks.number("nn.MongeGapLoss", "lambda_", lambda_, low=0,
+                                      what="a finite number >= 0 (the weight of the Monge gap)")
         self.fit = dict(eps=fit_eps, relative_epsilon=fit_relative_epsilon, cost=cost, static_b=static_b,
                         max_iter=max_iter, tol=tol, on_nonconvergence=on_nonconvergence, impl=impl)
         self.reg = dict(eps=reg_eps, relative_epsilon=reg_relative_epsilon, cost=cost, max_iter=max_iter, tol=tol,

@@ -36,8 +36,9 @@ def monge_gap(x, y, *, cost="sqeuclidean", eps=None, relative_epsilon=None, max_
         _checks.fail(op, "y", f"the shape of x {tuple(x.shape)} (y = T(x) is row-paired with x)",
                      f"shape {tuple(y.shape)}")
     _checks.check_choice(op, "cost", cost, _solver.COSTS)
-    out = _solver.sinkhorn(x, y, eps=eps, relative_epsilon=relative_epsilon, cost=cost, max_iter=max_iter, tol=tol,
-                           on_nonconvergence=on_nonconvergence, impl=impl)
+    out = _solver._sinkhorn(op, x, y, eps=eps, relative_epsilon=relative_epsilon, cost=cost, tau_a=1.0, tau_b=1.0,
+                            max_iter=max_iter, tol=tol, check_every=10, eps_schedule=None, init=None,
+                            on_nonconvergence=on_nonconvergence, impl=impl)
     return paired_cost(x.to(out.f.dtype), y.to(out.f.dtype), cost).mean(-1) - out.ent_reg_cost
 
 

@@ -80,6 +80,10 @@ def _pick(op, impl, t):
     chosen = _resolve(op, impl, t.device.type)
     if chosen == "triton" and t.dtype != torch.float32 and impl != "triton":
         chosen = "reference"
+    if chosen == "triton" and not torch.compiler.is_compiling():
+        # before any kernel runs, so a device problem names this op, not the Sinkhorn step it calls first
+        from ..triton import _host
+        _host.check_device(f"regops.{op}", t, _triton_p2ot.p2ot_pass_kernel)
     return chosen
 
 
@@ -91,6 +95,7 @@ def _pass(chosen):
 
 def _check_logits(op, logits):
     _checks.check_tensor(op, "logits", logits, ndims=(2,))
+    _checks.check_has_data(op, "logits", logits)
     if not logits.is_floating_point():
         _checks.fail(op, "logits", "a floating-point tensor", f"dtype {_checks.dtype_name(logits.dtype)}", TypeError)
     if logits.shape[0] == 0:
@@ -288,7 +293,7 @@ def _solve(op, C_hat, n_global, rho, eps, gamma, init, *, max_iter, tol, on_nonc
                f"iterations; raise max_iter or tol")
         if on_nonconvergence == "raise":
             raise SinkhornNotConverged(msg)
-        warnings.warn(msg, NonConvergenceWarning, stacklevel=3)
+        _checks.warn(msg, NonConvergenceWarning)
     state = P2OTState(log_b.double(), n_iter=n_iter, converged=converged, error=float(err))
     return plan, state
 

@@ -176,16 +176,24 @@ def _statistic(mean, msq, which):
 
 def resolve_eps(op, eps, relative_epsilon, moments, B, like):
     """(B,) eps in like's dtype: eps absolute; None → 0.05·std(C); with relative_epsilon, (eps or 0.05)·stat(C)."""
-    if isinstance(eps, torch.Tensor) and relative_epsilon is None:
-        e = eps.detach().to(device=like.device, dtype=like.dtype).reshape(-1).expand(B)
+    if isinstance(eps, torch.Tensor) and eps.numel() != 1 and relative_epsilon is None:
+        if eps.dim() != 1 or eps.numel() != B:
+            _checks.fail(op, "eps", f"a number, or a tensor of 1 or {B} values (one per problem)",
+                         f"shape {tuple(eps.shape)}")
+        if eps.is_complex() or eps.dtype == torch.bool:
+            _checks.fail(op, "eps", "a real tensor", _checks.dtype_name(eps.dtype), TypeError)
+        e = eps.detach().to(device=like.device, dtype=like.dtype)
+        if not torch.compiler.is_compiling() and bool(((e <= 0) | ~torch.isfinite(e)).any()):
+            _checks.fail(op, "eps", "positive finite values", f"eps {e.tolist()}")
+        return e
     elif eps is not None and relative_epsilon is None:
-        if not (float(eps) > 0 and math.isfinite(float(eps))):
-            _checks.fail(op, "eps", "a positive finite number", repr(eps))
-        return torch.full((B,), float(eps), dtype=like.dtype, device=like.device)
+        if isinstance(eps, torch.Tensor) and torch.compiler.is_compiling():
+            return eps.detach().to(device=like.device, dtype=like.dtype).reshape(-1).expand(B)
+        value = _checks.number(op, "eps", eps, low=0, low_open=True, what="a positive finite number")
+        return torch.full((B,), value, dtype=like.dtype, device=like.device)
     else:
-        scale = DEFAULT_EPSILON_SCALE if eps is None else float(eps)
-        if not (scale > 0 and math.isfinite(scale)):
-            _checks.fail(op, "eps", "a positive finite number", repr(eps))
+        scale = DEFAULT_EPSILON_SCALE if eps is None else _checks.number(
+            op, "eps", eps, low=0, low_open=True, what="a positive finite scale of the cost statistic")
         mean, msq = moments()
         e = (scale * _statistic(mean, msq, relative_epsilon or "std")).to(like.dtype)
     if not torch.compiler.is_compiling() and bool(((e <= 0) | ~torch.isfinite(e)).any()):
@@ -364,10 +372,9 @@ def _costs(op, f, g, a, b, tau_a, tau_b, eps, mass_fn, cost_scale, balanced):
     bad = (err > COST_WARN_RTOL * scale) & (scale > 0)
     if bool(bad.any()):
         i = int(torch.nonzero(bad)[0, 0])
-        warnings.warn(f"regops.{op}: eps {eps[i].item():.4g} dwarfs the costs (reg_ot_cost {reg[i].item():.4g}, "
+        _checks.warn(f"regops.{op}: eps {eps[i].item():.4g} dwarfs the costs (reg_ot_cost {reg[i].item():.4g}, "
                       f"rounding error up to {err[i].item():.2g}): the costs have few correct digits; lower eps"
-                      + ("" if dtype == torch.float64 else " or pass float64 inputs"), CostPrecisionWarning,
-                      stacklevel=4)
+                      + ("" if dtype == torch.float64 else " or pass float64 inputs"), CostPrecisionWarning)
     return reg, ent
 
 
@@ -406,7 +413,7 @@ def _finish(op, out, batched, tol, on_nonconvergence):
                    "or pass eps_schedule")
             if on_nonconvergence == "raise":
                 raise SinkhornNotConverged(msg)
-            warnings.warn(msg, NonConvergenceWarning, stacklevel=3)
+            _checks.warn(msg, NonConvergenceWarning)
     if not batched:
         out.f, out.g = out.f[0], out.g[0]
         out.reg_ot_cost, out.ent_reg_cost = out.reg_ot_cost[0], out.ent_reg_cost[0]
@@ -429,9 +436,14 @@ def _init_potentials(op, init, B, N, M, like):
         f0, g0 = init
     f0 = torch.as_tensor(f0).detach().to(device=like.device, dtype=like.dtype)
     g0 = torch.as_tensor(g0).detach().to(device=like.device, dtype=like.dtype)
-    if f0.shape[-1] != N or g0.shape[-1] != M:
-        _checks.fail(op, "init", f"potentials of shapes ({N},) and ({M},) (or batched)",
+    if f0.dim() not in (1, 2) or g0.dim() not in (1, 2) or f0.shape[-1] != N or g0.shape[-1] != M \
+            or (f0.dim() == 2 and f0.shape[0] not in (1, B)) or (g0.dim() == 2 and g0.shape[0] not in (1, B)):
+        _checks.fail(op, "init", f"potentials of shapes ({N},) and ({M},) (or batched, ({B}, {N}) and ({B}, {M}))",
                      f"shapes {tuple(f0.shape)} and {tuple(g0.shape)}")
+    # −inf marks a zero weight (a previous solution's f there); NaN and +inf are never potentials.
+    for name, p in (("init f", f0), ("init g", g0)):
+        if not torch.compiler.is_compiling() and bool((torch.isnan(p) | (p == math.inf)).any()):
+            _checks.fail(op, "init", "potentials without NaN or +inf", f"{name} with {p[~(p < math.inf)][0].item()}")
     return f0.expand(B, N).clone(), g0.expand(B, M).clone()
 
 
@@ -470,6 +482,7 @@ def _cloud_mass(x, y, eps, cost, chosen):
 def _prepare_clouds(op, x, y):
     for arg, t in (("x", x), ("y", y)):
         _as_batched(op, arg, t, dims=(2, 3))
+        _checks.check_has_data(op, arg, t)
         _check_finite(op, arg, t)  # before batching, so the index names the caller's element
     x = _as_batched(op, "x", x, dims=(2, 3))
     y = _as_batched(op, "y", y, dims=(2, 3))
@@ -511,7 +524,14 @@ def sinkhorn(x, y, a=None, b=None, *, eps=None, relative_epsilon=None, cost="sqe
     iterations; tol = 0 runs exactly max_iter iterations (and never warns). eps_schedule: ε-scaling (see
     _schedule). init: a previous SinkhornOutput or (f, g). on_nonconvergence: "warn", "raise" or "ignore".
     """
-    op = "ot.sinkhorn"
+    return _sinkhorn("ot.sinkhorn", x, y, a, b, eps=eps, relative_epsilon=relative_epsilon, cost=cost, tau_a=tau_a,
+                     tau_b=tau_b, max_iter=max_iter, tol=tol, check_every=check_every, eps_schedule=eps_schedule,
+                     init=init, on_nonconvergence=on_nonconvergence, impl=impl)
+
+
+def _sinkhorn(op, x, y, a=None, b=None, *, eps, relative_epsilon, cost, tau_a, tau_b, max_iter, tol, check_every,
+              eps_schedule, init, on_nonconvergence, impl) -> SinkhornOutput:
+    """sinkhorn(), with errors and warnings naming `op` (the public op that called it)."""
     batched = isinstance(x, torch.Tensor) and x.dim() == 3
     x, y = _prepare_clouds(op, x, y)
     _checks.check_choice(op, "cost", cost, COSTS)
@@ -548,6 +568,7 @@ def sinkhorn_from_cost(C, a=None, b=None, *, eps=None, relative_epsilon=None, ta
     op = "ot.sinkhorn_from_cost"
     batched = isinstance(C, torch.Tensor) and C.dim() == 3
     C = _as_batched(op, "C", C, dims=(2, 3))
+    _checks.check_has_data(op, "C", C)
     if C.shape[1] == 0 or C.shape[2] == 0:
         _checks.fail(op, "C", "at least one row and one column", f"shape {tuple(C.shape)}")
     _check_finite(op, "C", C)
@@ -709,7 +730,8 @@ def sinkhorn_divergence(x, y, a=None, b=None, *, eps=None, relative_epsilon=None
     e = resolve_eps(op, eps, relative_epsilon, lambda: cost_moments(xc, yc, cid), B, xb)
     kw = dict(cost=cost, max_iter=max_iter, tol=tol, check_every=check_every, eps_schedule=eps_schedule,
               on_nonconvergence=on_nonconvergence, impl=impl)
-    xy = sinkhorn(x, y, a, b, eps=e if batched else e[0], tau_a=tau_a, tau_b=tau_b, init=init, **kw)
+    kw.update(relative_epsilon=None)
+    xy = _sinkhorn(op, x, y, a, b, eps=e if batched else e[0], tau_a=tau_a, tau_b=tau_b, init=init, **kw)
     wa = _weights(op, "a", a, B, xb.shape[1], xb)
     wb = _weights(op, "b", b, B, yb.shape[1], xb)
 
@@ -718,8 +740,8 @@ def sinkhorn_divergence(x, y, a=None, b=None, *, eps=None, relative_epsilon=None
             chosen = _backend.pick(op, impl, pts)
             return _symmetric_reg_ot_cost(op, pts, w, e, cid, chosen, max_iter=max_iter, tol=tol,
                                           check_every=check_every, on_nonconvergence=on_nonconvergence)
-        out = sinkhorn(orig, orig, w if batched else w[0], w if batched else w[0], eps=e if batched else e[0],
-                       tau_a=tau, tau_b=tau, **kw)
+        out = _sinkhorn(op, orig, orig, w if batched else w[0], w if batched else w[0], eps=e if batched else e[0],
+                        tau_a=tau, tau_b=tau, init=None, **kw)
         return out.reg_ot_cost if batched else out.reg_ot_cost[None]
 
     div = xy.reg_ot_cost - 0.5 * (self_term(xb, wa, tau_a, x) if batched else self_term(xb, wa, tau_a, x)[0])
