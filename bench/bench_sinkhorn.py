@@ -16,6 +16,11 @@ ot.sinkhorn/solve: a whole solve to tol = 1e-3 at OTT's default eps = 0.05·std(
                checked every 10 iterations), the cost matrix built inside
   geomloss     GeomLoss SamplesLoss("sinkhorn", debias=False, tensorized), blur² = eps/2 (its cost is ‖x−y‖²/2);
                its iteration count comes from its ε-scaling schedule (scaling 0.5), not from a tolerance
+
+ot.sinkhorn/default-eps: the statistics pass behind eps=None for the costs with no closed form (euclidean,
+  cosine): mean and mean square of C over all N·M pairs, streamed in row chunks.
+  cpu              regops (entries in float32, sums in float64: _solver.cost_moments)
+  float64-entries  the same pass with the entries formed in float64 (the previous formulation)
 """
 from __future__ import annotations
 
@@ -237,9 +242,52 @@ def solve_cases(sizes, device):
     return out
 
 
+EPS_SIZES = [(20000, 3), (20000, 64)]
+QUICK_EPS = [(2000, 3)]
+
+
+def _moments_float64_entries(x, y, cost):
+    B, N, M = x.shape[0], x.shape[1], y.shape[1]
+    rows = max(1, _solver._STAT_CHUNK // M)
+    s1 = x.new_zeros(B, dtype=torch.float64)
+    s2 = x.new_zeros(B, dtype=torch.float64)
+    for i in range(0, N, rows):
+        c = reference.cost_matrix(x[:, i:i + rows].double(), y.double(), cost)
+        s1 += c.sum((1, 2))
+        s2 += c.pow(2).sum((1, 2))
+    return s1 / (N * M), s2 / (N * M)
+
+
+def eps_cases(sizes, device):
+    out = []
+    for cost in ("euclidean", "cosine"):
+        op = f"ot.sinkhorn/default-eps {cost}"
+        cid = reference.COST_IDS[cost]
+        for n, d in sizes:
+            size = f"N=M={n} d={d}"
+
+            def setup(n=n, d=d):
+                x, y = _clouds(n, d, device)
+                return x[None], y[None]
+
+            def ours(s, cid=cid):
+                return _solver.cost_moments(*s, cid)[0].item()
+
+            def float64_entries(s, cid=cid):
+                return _moments_float64_entries(*s, cid)[0].item()
+
+            chunk = _solver._STAT_CHUNK * 8
+            out.append(Case(op, size, "cpu" if device.type == "cpu" else device.type, setup, ours,
+                            baseline="float64-entries", predicted_bytes=2 * n * d * F32 + 2 * chunk, min_reps=3))
+            out.append(Case(op, size, "float64-entries", setup, float64_entries, baseline="float64-entries",
+                            predicted_bytes=2 * n * d * F32 + 4 * chunk, min_reps=3))
+    return out
+
+
 def cases(quick: bool, device: torch.device) -> list[Case]:
     if os.environ.get("REGOPS_BENCH_SINKHORN_SIZES"):  # e.g. "10000x2,10000x64": the per-iteration view only
         sizes = [tuple(int(v) for v in s.split("x")) for s in os.environ["REGOPS_BENCH_SINKHORN_SIZES"].split(",")]
         return iter_cases(sizes, device)
     return (iter_cases(QUICK_ITER if quick else ITER_SIZES, device)
-            + solve_cases(QUICK_SOLVE if quick else SOLVE_SIZES, device))
+            + solve_cases(QUICK_SOLVE if quick else SOLVE_SIZES, device)
+            + eps_cases(QUICK_EPS if quick else EPS_SIZES, device))

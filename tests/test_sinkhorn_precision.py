@@ -100,3 +100,18 @@ def test_ordinary_problems_neither_warn_nor_recompute(impl, cost, monkeypatch):
         assert calls == [torch.float32] * 2
         out = regops.ot.sinkhorn(x[:1].float(), x[:1].float(), eps=1.0, cost=cost, impl=impl)  # costs 0 (or ~0)
     assert abs(out.reg_ot_cost.item()) < 1e-6
+
+
+@pytest.mark.parametrize("cost", ["euclidean", "cosine"])
+@pytest.mark.parametrize("shift", [0.0, 30.0])
+def test_default_eps_statistics_from_float32_entries(cost, shift):
+    """The statistics pass forms the entries in the clouds' dtype and sums in float64 (5× faster than float64
+    entries): std(C) stays within 1e-5 of the float64 one, also for clouds far apart (std ≪ mean)."""
+    x, y = clouds(N=700, M=500, d=5)
+    y = y + shift
+    cid = S.reference.COST_IDS[cost]
+    xc, yc, _ = S._centered(x[None], y[None], cid)
+    exact = S._statistic(*S.cost_moments(xc, yc, cid), "std")
+    xf, yf, _ = S._centered(x[None].float(), y[None].float(), cid)
+    fast = S._statistic(*S.cost_moments(xf, yf, cid), "std")
+    torch.testing.assert_close(fast, exact, rtol=1e-5, atol=0)
