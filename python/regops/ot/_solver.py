@@ -166,8 +166,10 @@ def cost_moments(x, y, cost: int):
     s1 = x.new_zeros(B, dtype=torch.float64)
     s2 = x.new_zeros(B, dtype=torch.float64)
     for i in range(0, N, rows):
-        if cost == reference.EUCLIDEAN:  # C² first, then C in place: one temporary, no squaring pass
-            c = reference.sqdist_matrix(x[:, i:i + rows], y)
+        if cost == reference.EUCLIDEAN:  # C² first (GEMM form, one temporary), then C in place
+            xi = x[:, i:i + rows]
+            c = torch.bmm(xi, y.transpose(1, 2)).mul_(-2)
+            c.add_(xi.square().sum(-1)[:, :, None]).add_(y.square().sum(-1)[:, None, :]).clamp_min_(0)
             s2 += c.sum((1, 2), dtype=torch.float64)
             s1 += c.sqrt_().sum((1, 2), dtype=torch.float64)
         else:
