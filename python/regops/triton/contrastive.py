@@ -516,7 +516,12 @@ _NORM_EPS = 1e-12  # F.normalize's
 
 def _unit_rows(x):
     """The op's inputs are raw feature rows: z = x / max(‖x‖, eps), as F.normalize, and ‖x‖."""
-    norm = torch.linalg.vector_norm(x, dim=1, dtype=torch.float64).to(x.dtype)  # no overflow of the squares
+    norm = torch.linalg.vector_norm(x, dim=1, dtype=torch.float64)  # fp32/bf16: no overflow of the squares
+    if x.dtype == torch.float64:  # rows beyond 1e154 overflow float64's squares too: scale them by their max first
+        top = x.abs().amax(1)
+        scaled = torch.linalg.vector_norm(x / torch.where(top > 0, top, torch.ones_like(top))[:, None], dim=1) * top
+        norm = torch.where(torch.isinf(norm), scaled, norm)
+    norm = norm.to(x.dtype)
     return x / norm.clamp_min(_NORM_EPS)[:, None], norm
 
 
