@@ -76,9 +76,8 @@ def precise_impl(chosen: str, device: torch.device) -> str:
     the compiled kernel of the same device where there is one."""
     if chosen != "triton":
         return chosen
-    key = "CUDA" if device.type == "cuda" else "CPU"
-    return "cuda" if device.type == "cuda" and has_kernel("sinkhorn_update", key) else (
-        "cpu" if device.type == "cpu" and has_kernel("sinkhorn_update", key) else "reference")
+    compiled = {"cpu": "cpu", "cuda": "cuda"}.get(device.type)
+    return compiled if compiled and has_kernel("sinkhorn_update", device.type.upper()) else "reference"
 
 
 @torch._dynamo.assume_constant_result

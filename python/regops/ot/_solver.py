@@ -341,10 +341,8 @@ COST_WARN_RTOL = 1e-4
 def _mass_rounding(f, g, eps, mass, dtype):
     """A bound on |Δ(eps·ΣP)| from rounding in dtype: each row mass exp((f_i − out_i)/eps) carries a relative error
     of about u·(|f_i| + |out_i| + |g_j − c_ij|)/eps + u·log₂M, and eps times it is what the dual form subtracts."""
-    u = torch.finfo(dtype).eps
-
-    e = eps.detach().double()
-    return u * mass.detach().double().abs() * (3 * (_finite_abs_max(f) + _finite_abs_max(g)) + 8 * e)
+    spread = 3 * (_finite_abs_max(f) + _finite_abs_max(g)) + 8 * eps.detach().double()
+    return torch.finfo(dtype).eps * mass.detach().double().abs() * spread
 
 
 def _costs(op, f, g, a, b, tau_a, tau_b, eps, mass_fn, cost_scale, balanced):
@@ -377,7 +375,7 @@ def _costs(op, f, g, a, b, tau_a, tau_b, eps, mass_fn, cost_scale, balanced):
         reg, ent = _dual_costs(f64, g64, a.to(d), b.to(d), tau_a.to(d), tau_b.to(d), eps.to(d), mass)
         u = torch.finfo(dtype).eps
         stored = (u * (_finite_abs_max(f) + _finite_abs_max(g))).pow(2) / eps.detach().double()
-        err = _mass_rounding(f.double(), g.double(), eps.double(), mass, d) + stored
+        err = _mass_rounding(f64, g64, eps, mass, d) + stored
         scale = torch.maximum(reg.detach().abs(), floor)
         reg, ent = reg.to(dtype), ent.to(dtype)
     bad = (err > COST_WARN_RTOL * scale) & (scale > 0)
