@@ -8,8 +8,7 @@ from __future__ import annotations
 import torch
 
 import regops
-from regops import _loader
-from regops.ops.conr import KERNELS
+from regops import _registry
 
 from baselines.conr_official import conr_official
 from harness import Case
@@ -71,7 +70,7 @@ def cases(quick: bool, device: torch.device) -> list[Case]:
                 Case("conr_loss", size, "reference", setup, _impl_fn("reference"), predicted_bytes=10 * nn_bytes),
                 Case("conr_loss", size, "compiled-reference", compiled_setup, compiled, predicted_bytes=10 * nn_bytes)]
         for impl in (["cpu"] if device.type == "cpu" else ["cuda", "triton"]):
-            ok, why = _loader.impl_available("conr_loss", impl, device, KERNELS)
+            ok, why = _registry.available("conr_loss", impl, device)
             out.append(Case("conr_loss", size, impl, setup, _impl_fn(impl), predicted_bytes=6 * nd_bytes,
                             skip=None if ok else why, min_reps=slow))
         out.append(Case("conr_loss", size, "gemm-exp-bound", bound_setup, predicted_bytes=3 * nn_bytes, memory=False,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 import regops
-from regops import _loader
+from regops import _registry
 from regops.ops import graddrop as GD
 
 from harness import Case
@@ -60,7 +60,7 @@ def cases(quick: bool, device: torch.device) -> list[Case]:
                 note="per-tensor eager loop with rand_like"),
            Case("graddrop_", size, "foreach", setup, foreach, baseline="loop", predicted_bytes=10 * 4 * numel)]
     for impl in (["cpu"] if device.type == "cpu" else ["cuda", "triton"]):
-        ok, why = _loader.impl_available("graddrop_", impl, device, GD.KERNELS)
+        ok, why = _registry.available("graddrop_", impl, device)
         out.append(Case("graddrop_", size, impl, setup, fused(impl), baseline="loop", predicted_bytes=4 * 4 * numel,
                         skip=None if ok else why))
 

@@ -8,7 +8,7 @@ import importlib.util
 import torch
 
 import regops
-from regops import _loader
+from regops import _registry
 from regops.ot import _backend
 
 from harness import Case
@@ -71,7 +71,7 @@ def cases(quick: bool, device: torch.device) -> list[Case]:
         out.append(Case("monge_gap", size, "reference", setup, run("reference"), baseline="ott-jax",
                         predicted_bytes=8 * n * n * 4))
         for impl in (["cpu"] if device.type == "cpu" else ["cuda", "triton"]):
-            ok, why = _loader.impl_available("sinkhorn", impl, device, _backend.KERNELS)
+            ok, why = _registry.available("ot.sinkhorn", impl, device)
             out.append(Case("monge_gap", size, impl, setup, run(impl), baseline="ott-jax",
                             predicted_bytes=64 * n * D * 4 + 2**20, skip=None if ok else why))
     return out

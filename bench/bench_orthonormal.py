@@ -12,9 +12,7 @@ from __future__ import annotations
 import torch
 
 import regops
-from regops import _loader
-from regops.ops.orthonormal import KERNELS
-from regops.ops.sorsa import REG_KERNELS
+from regops import _registry
 
 from baselines import sorsa_official
 from harness import Case
@@ -39,8 +37,8 @@ def _leaves(stacked: torch.Tensor) -> list:
     return [m.requires_grad_() for m in stacked.unbind(0)]
 
 
-def _unavailable(op, impl, device, kernels):
-    ok, why = _loader.impl_available(op, impl, device, kernels)
+def _unavailable(op, impl, device):
+    ok, why = _registry.available(op, impl, device)
     return None if ok else why
 
 
@@ -86,7 +84,7 @@ def penalty_cases(L, r, n, device) -> list[Case]:
     impls = ["cpu"] if device.type == "cpu" else ["cuda", "triton"]
     for impl in impls:
         cases.append(Case(op, size, impl, stacked, impl_fn(impl), predicted_bytes=3 * nbytes,
-                          skip=_unavailable(op, impl, device, KERNELS)))
+                          skip=_unavailable(op, impl, device)))
     cases.append(Case(op, size, "gemm-bound", bound_setup, predicted_bytes=3 * nbytes, memory=False,
                       parts=((0.5, lambda s: torch.bmm(s[0], s[0].transpose(1, 2))),
                              (1.0, lambda s: torch.bmm(s[1], s[0]))),
@@ -119,7 +117,7 @@ def regularize_cases(L, r, n, device) -> list[Case]:
     impls = ["cpu", "reference"] if device.type == "cpu" else ["cuda", "triton", "reference"]
     for impl in impls:
         cases.append(Case(op, size, f"regularize_-{impl}", pairs, regularize(impl), predicted_bytes=4 * nbytes,
-                          skip=_unavailable(op, impl, device, REG_KERNELS), **base))
+                          skip=_unavailable(op, impl, device), **base))
     return cases
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 import regops
-from regops import _loader
-from regops.ops import p2ot as P
+from regops import _registry
+from regops.ot import p2ot as P
 
 from baselines.p2ot_official import p2ot_official
 from harness import Case
@@ -46,7 +46,7 @@ def cases(quick: bool, device: torch.device) -> list[Case]:
         out.append(Case("p2ot_plan", size, "official", setup, official, predicted_bytes=6 * nk,
                         note="float64, kernel domain, as the official code"))
         for impl in impls:
-            ok, why = _loader.impl_available("p2ot_plan", impl, device, P.KERNELS)
+            ok, why = _registry.available("p2ot_plan", impl, device)
             out.append(Case("p2ot_plan", size, impl, setup,
                             (lambda z, impl=impl: regops.p2ot_plan(z, RHO, impl=impl, on_nonconvergence="ignore")),
                             predicted_bytes=4 * nk, skip=None if ok else why))
@@ -59,7 +59,7 @@ def cases(quick: bool, device: torch.device) -> list[Case]:
             return Kt, torch.ones(k + 1, device=device), torch.full((n,), 1.0 / n, device=device)
 
         for impl in impls:
-            ok, why = _loader.impl_available("p2ot_plan", impl, device, P.KERNELS)
+            ok, why = _registry.available("p2ot_plan", impl, device)
 
             def loop(s, impl=impl):
                 Kt, v, t = s

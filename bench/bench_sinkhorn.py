@@ -19,7 +19,7 @@ ot.sinkhorn/solve: a whole solve to tol = 1e-3 at OTT's default eps = 0.05·std(
 
 ot.sinkhorn/default-eps: the statistics pass behind eps=None for the costs with no closed form (euclidean,
   cosine): mean and mean square of C over all N·M pairs, streamed in row chunks.
-  cpu              regops (entries in float32, sums in float64: _solver.cost_moments)
+  cpu              regops (entries in float32, sums in float64: ot/_epsilon.py::cost_moments)
   float64-entries  the same pass with the entries formed in float64 (the previous formulation)
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ import os
 
 import torch
 
-from regops import _loader
+from regops import _registry
 from regops.ot import _backend
 from regops.ot import _solver
 from regops.reference import sinkhorn as reference
@@ -104,7 +104,7 @@ def iter_cases(sizes, device):
             return run
 
         for impl in (["cpu"] if device.type == "cpu" else ["cuda", "triton"]):
-            ok, why = _loader.impl_available("sinkhorn", impl, device, _backend.KERNELS)
+            ok, why = _registry.available("ot.sinkhorn", impl, device)
             kernels = _backend.Kernels(impl) if ok else None
             out.append(Case(op, size, impl, kernel_setup, parts=((1.0 / k, loop(kernels)),) if ok else (),
                             baseline="pot", predicted_bytes=kern_bytes, skip=None if ok else why, min_reps=reps,
@@ -189,7 +189,7 @@ def solve_cases(sizes, device):
             return run
 
         for impl in (["cpu"] if device.type == "cpu" else ["cuda", "triton"]):
-            ok, why = _loader.impl_available("sinkhorn", impl, device, _backend.KERNELS)
+            ok, why = _registry.available("ot.sinkhorn", impl, device)
             out.append(Case(op, size, impl, setup, regops_fn(impl), baseline="ott-jax",
                             predicted_bytes=8 * n * d * F32 + 64 * 2**20, skip=None if ok else why, min_reps=reps))
 
@@ -271,7 +271,7 @@ def eps_cases(sizes, device):
                 return x[None], y[None]
 
             def ours(s, cid=cid):
-                return _solver.cost_moments(*s, cid)[0].item()
+                return ot/_epsilon.py::cost_moments(*s, cid)[0].item()
 
             def float64_entries(s, cid=cid):
                 return _moments_float64_entries(*s, cid)[0].item()

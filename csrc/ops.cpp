@@ -44,7 +44,7 @@ TORCH_LIBRARY(regops, m) {
   // Returns the per-matrix penalty values in float64.
   m.def("orthonormal_grad_accumulate_(Tensor[] mats, Tensor(a!)[] grads, float scale, bool squared) -> Tensor");
 
-  // The pairwise contrastive engine (ConR, SupCon, focal SupCon; regops/contrastive_math.h has the math).
+  // The contrastive engine (ConR, SupCon, focal SupCon; regops/contrastive_math.h has the math).
   // anchors (n, D) are feature rows in float32/float64, L2-normalized inside (as F.normalize, eps 1e-12);
   // candidates (M, D) likewise, or None for the anchors themselves (one process: the symmetric fast path).
   // Anchor i is candidate offset + i. Gradients are with respect to the raw rows.

@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 import regops  # noqa: E402,F401
-from regops import _loader  # noqa: E402
+from regops import _registry  # noqa: E402
 
 settings.register_profile("regops", derandomize=True, deadline=None, max_examples=25, print_blob=True)
 settings.load_profile("regops")
@@ -18,13 +18,25 @@ settings.load_profile("regops")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
-def cpu_impls(op_kernels, *, triton_dtypes_ok=True):
-    """Impls that can run on CPU tensors here (reference excluded)."""
-    out = []
-    for impl in ("cpu", "triton"):
-        if _loader.impl_available("test", impl, torch.device("cpu"), op_kernels)[0]:
-            out.append(impl)
-    return out
+def cpu_impls(op: str) -> list:
+    """The kernel impls that can run the registered op `op` on CPU tensors here (reference excluded)."""
+    return _registry.available_impls(op, "cpu", include_reference=False)
+
+
+def triton_schema(schema: str):
+    """The Triton op of the same role as the compiled op `schema` (registry), or None."""
+    for engine in _registry.ENGINES:
+        for role, name in engine.ops.get("cpu", {}).items():
+            if name == schema:
+                return engine.ops.get("triton", {}).get(role)
+    return None
+
+
+def need(op: str, impl: str, device: str = "cuda") -> None:
+    """Skip unless `impl` can run the registered op `op` on `device` here."""
+    ok, why = _registry.available(op, impl, torch.device(device))
+    if not ok:
+        pytest.skip(f"{op} {impl} on {device}: {why}")
 
 
 @pytest.fixture(autouse=True)
@@ -34,6 +46,17 @@ def _seed():
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def gpu_test(ops, impls):
+    """A CUDA test parametrized by `impl` over `impls` that vouches for the registered `ops` (gpu_validated.txt)."""
+    marks = [requires_cuda, pytest.mark.cuda, pytest.mark.gpu_validates(*ops), pytest.mark.parametrize("impl", impls)]
+
+    def decorate(fn):
+        for mark in reversed(marks):
+            fn = mark(fn)
+        return fn
+    return decorate
 
 
 def free_port() -> int:
@@ -53,6 +76,15 @@ _gpu_results = {}
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu_validates(*ops): the (op, impl) pairs a CUDA test vouches for")
+
+
+def pytest_collection_modifyitems(config, items):
+    # A vouched-for op must be a registered op: auto looks its GPU validation up by that name.
+    for item in items:
+        marker = item.get_closest_marker("gpu_validates")
+        unknown = [op for op in (marker.args if marker else ()) if op not in _registry.OPS]
+        if unknown:
+            raise pytest.UsageError(f"{item.nodeid}: gpu_validates names ops missing from regops._registry.OPS: {unknown}")
 
 
 def pytest_runtest_makereport(item, call):

@@ -6,9 +6,6 @@ import pytest
 import torch
 
 import regops
-from regops.ops import _pairwise, graddrop as G, orthonormal as O
-from regops.ot._backend import KERNELS as SINKHORN_KERNELS
-from regops.ops.p2ot import KERNELS as P2OT_KERNELS
 
 from conftest import cpu_impls
 
@@ -29,27 +26,27 @@ def contrastive_cases():
 
 
 FULLGRAPH = [
-    ("orthonormal_penalty", O.KERNELS, lambda impl: (lambda x: regops.orthonormal_penalty(x, side="rows", impl=impl)),
+    ("orthonormal_penalty", lambda impl: (lambda x: regops.orthonormal_penalty(x, side="rows", impl=impl)),
      lambda n: torch.randn(3, n, 6, generator=gen())),
-    ("sorsa_ortho_loss", O.KERNELS, lambda impl: (lambda x: regops.sorsa_ortho_loss(x, x.transpose(1, 2), impl=impl)),
+    ("sorsa_ortho_loss", lambda impl: (lambda x: regops.sorsa_ortho_loss(x, x.transpose(1, 2), impl=impl)),
      lambda n: torch.randn(2, n, 6, generator=gen())),
-    ("graddrop_keep_prob", G.KERNELS,
+    ("graddrop_keep_prob",
      lambda impl: (lambda x: regops.graddrop_keep_prob(x, x.flip(0) - 0.3, impl=impl)),
      lambda n: torch.randn(n, 5, generator=gen())),
-    ("ot.sinkhorn", SINKHORN_KERNELS,
+    ("ot.sinkhorn",
      lambda impl: (lambda x: regops.ot.sinkhorn(x, x.flip(0) + 1, eps=0.5, max_iter=6, tol=0, impl=impl).reg_ot_cost),
      lambda n: torch.randn(n, 2, generator=gen())),
-] + [(name, _pairwise.KERNELS, (lambda fn: lambda impl: (lambda x: fn(x, impl)))(fn),
+] + [(name, (lambda fn: lambda impl: (lambda x: fn(x, impl)))(fn),
       lambda n: torch.randn(n, 4, generator=gen())) for name, fn in contrastive_cases().items()]
 
 
-def impls(kernels):
-    return ["reference"] + cpu_impls(kernels)
+def impls(name):
+    return ["reference"] + cpu_impls(name)
 
 
-@pytest.mark.parametrize("name,kernels,make,inputs", FULLGRAPH, ids=[c[0] for c in FULLGRAPH])
-def test_fullgraph_dynamic(name, kernels, make, inputs):
-    for impl in impls(kernels):
+@pytest.mark.parametrize("name,make,inputs", FULLGRAPH, ids=[c[0] for c in FULLGRAPH])
+def test_fullgraph_dynamic(name, make, inputs):
+    for impl in impls(name):
         torch._dynamo.reset()
         fn = make(impl)
         compiled = torch.compile(fn, fullgraph=True, dynamic=True, backend="aot_eager")
@@ -65,7 +62,7 @@ def test_fullgraph_dynamic(name, kernels, make, inputs):
 
 
 def test_graddrop_dynamic():
-    for impl in impls(G.KERNELS):
+    for impl in impls("graddrop_"):
         torch._dynamo.reset()
 
         def step(w, gt, gr):
@@ -82,20 +79,20 @@ def test_graddrop_dynamic():
 
 
 SOLVERS = [
-    ("p2ot_plan", P2OT_KERNELS, lambda impl: (lambda z: regops.p2ot_plan(z, 0.3, impl=impl)[0]),
+    ("p2ot_plan", lambda impl: (lambda z: regops.p2ot_plan(z, 0.3, impl=impl)[0]),
      lambda n: 5 * torch.randn(n, 4, generator=gen())),
-    ("sp2ot_plan", P2OT_KERNELS,
+    ("sp2ot_plan",
      lambda impl: (lambda z: regops.sp2ot_plan(z, 0.3, torch.eye(z.shape[0]) * 0.1, lam=0.5, mm_iters=2, impl=impl)[0]),
      lambda n: 5 * torch.randn(n, 4, generator=gen())),
-    ("monge_gap", SINKHORN_KERNELS,
+    ("monge_gap",
      lambda impl: (lambda x: regops.monge_gap(x, 2 * x + 1, eps=0.5, max_iter=6, tol=0, impl=impl)),
      lambda n: torch.randn(n, 2, generator=gen())),
 ]
 
 
-@pytest.mark.parametrize("name,kernels,make,inputs", SOLVERS, ids=[c[0] for c in SOLVERS])
-def test_solvers_dynamic(name, kernels, make, inputs):
-    for impl in [i for i in impls(kernels) if i != "triton"]:  # the interpreted solves are slow
+@pytest.mark.parametrize("name,make,inputs", SOLVERS, ids=[c[0] for c in SOLVERS])
+def test_solvers_dynamic(name, make, inputs):
+    for impl in [i for i in impls(name) if i != "triton"]:  # the interpreted solves are slow
         torch._dynamo.reset()
         fn = make(impl)
         compiled = torch.compile(fn, dynamic=True, backend="aot_eager")

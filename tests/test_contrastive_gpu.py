@@ -1,4 +1,4 @@
-"""The pairwise contrastive engine on a GPU: the CUDA and Triton kernels of conr_loss, supcon_loss and
+"""the contrastive engine on a GPU: the CUDA and Triton kernels of conr_loss, supcon_loss and
 focal_supcon_loss against the materialized reference, on the same CUDA tensors. Skips without a CUDA device.
 
 A test marked gpu_validates and parametrized by `impl` vouches for those (op, impl) pairs (conftest.py,
@@ -8,23 +8,21 @@ import torch
 import torch.nn.functional as F
 
 import regops
-from regops import _loader
-from regops.ops import _pairwise
-from regops.reference import pairwise as ref
+from regops.ops import _contrastive
+from regops.reference import contrastive as ref
 
-from conftest import requires_cuda
+from conftest import gpu_test, need, requires_cuda
 from tolerances import assert_close
 
+OP = "conr_loss"
 IMPLS = ["cuda", "triton"]
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 # Every N of (1, 2, 3, 127, 1000) and every D of (1, 64, 300), in a few combinations.
 SHAPES = [(1, 1), (1, 300), (2, 64), (3, 1), (3, 300), (127, 64), (127, 300), (1000, 1), (1000, 64)]
 ALL_OPS = ("conr_loss", "supcon_loss", "focal_supcon_loss")
+contrastive_gpu_test = gpu_test(ALL_OPS, IMPLS)
 
 
-def need(impl):
-    if not _loader.impl_available("conr_loss", impl, torch.device("cuda"), _pairwise.KERNELS)[0]:
-        pytest.skip(f"{impl} not available")
 
 
 def tol(dtype):
@@ -77,7 +75,7 @@ def compare(fn, x, impl):
 @pytest.mark.parametrize("variant", ["agedb", "nyud2"])
 @pytest.mark.parametrize("L", [1, 3])
 def test_conr_matches_reference(impl, dtype, n, d, variant, L):
-    need(impl)
+    need(OP, impl)
     x = features(n, d, dtype)
     y, p, w = conr_batch(n, L)
     # ω = 1 for both variants, so that integer labels give positives and noisy predictions negatives.
@@ -93,7 +91,7 @@ def test_conr_matches_reference(impl, dtype, n, d, variant, L):
 @pytest.mark.parametrize("n,d", SHAPES)
 @pytest.mark.parametrize("focal", [False, True])
 def test_supcon_matches_reference(impl, dtype, n, d, focal):
-    need(impl)
+    need(OP, impl)
     x = features(n, d, dtype)
     g = torch.Generator(device="cuda").manual_seed(3)
     labels = torch.randint(0, max(1, n // 4), (n,), device="cuda", generator=g)
@@ -101,14 +99,11 @@ def test_supcon_matches_reference(impl, dtype, n, d, focal):
     compare(lambda t, i: loss(t, labels, temperature=0.1, impl=i), x, impl)
 
 
-@requires_cuda
-@pytest.mark.cuda
-@pytest.mark.gpu_validates(*ALL_OPS)
-@pytest.mark.parametrize("impl", IMPLS)
+@contrastive_gpu_test
 @pytest.mark.parametrize("tau", [0.01, 0.07, 1.0])
 def test_temperatures_and_degenerate_labels(impl, tau):
     """Large exponents (τ = 0.01), a single class (every pair positive) and all-distinct classes (none)."""
-    need(impl)
+    need(OP, impl)
     x = features(200, 16, torch.float32)
     for labels in (torch.zeros(200, dtype=torch.int64, device="cuda"), torch.arange(200, device="cuda")):
         compare(lambda t, i: regops.supcon_loss(t, labels, temperature=tau, impl=i), x, impl)
@@ -125,22 +120,19 @@ def ops_for(impl):
     return torch.ops.regops.contrastive_fwd_triton, torch.ops.regops.contrastive_bwd_triton
 
 
-@requires_cuda
-@pytest.mark.cuda
-@pytest.mark.gpu_validates(*ALL_OPS)
-@pytest.mark.parametrize("impl", IMPLS)
+@contrastive_gpu_test
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("kind", [_pairwise.CONR_AGEDB, _pairwise.CONR_NYUD2, _pairwise.SUPCON, _pairwise.FOCAL])
+@pytest.mark.parametrize("kind", [_contrastive.CONR_AGEDB, _contrastive.CONR_NYUD2, _contrastive.SUPCON, _contrastive.FOCAL])
 @pytest.mark.parametrize("n,m,offset,d,L", [(1, 1, 0, 1, 1), (2, 3, 1, 1, 3), (3, 12, 9, 5, 1), (127, 381, 127, 64, 3),
                                             (70, 1000, 900, 300, 1), (64, 129, 65, 33, 1)])
 def test_rectangular_ops_match_reference(impl, dtype, kind, n, m, offset, d, L):
     """Anchors are candidates[offset : offset + n], as on rank offset / n; values, |P| and both gradients."""
-    need(impl)
+    need(OP, impl)
     fwd, bwd = ops_for(impl)
     g = torch.Generator(device="cuda").manual_seed(7)
     zc = F.normalize(torch.randn(m, d, device="cuda", dtype=dtype, generator=g), dim=1)
     za = zc[offset:offset + n].clone()
-    conr = kind in (_pairwise.CONR_AGEDB, _pairwise.CONR_NYUD2)
+    conr = kind in (_contrastive.CONR_AGEDB, _contrastive.CONR_NYUD2)
     tau, thr, push, lnorm = 0.1, 1.0, 0.2, 2.0
     if conr:
         yc = torch.randint(0, 6, (m, L), device="cuda", generator=g).to(dtype)
@@ -161,11 +153,11 @@ def test_rectangular_ops_match_reference(impl, dtype, kind, n, m, offset, d, L):
     # the ops normalize their raw rows; the reference does it through autograd (unit inputs: same values)
     a_n, c_n = F.normalize(a_r, dim=1), F.normalize(c_r, dim=1)
     if conr:
-        exp, n_pos = ref.conr_rows(a_n, c_n, offset, *args, nyud2=kind == _pairwise.CONR_NYUD2, temperature=tau,
+        exp, n_pos = ref.conr_rows(a_n, c_n, offset, *args, nyud2=kind == _contrastive.CONR_NYUD2, temperature=tau,
                                    threshold=thr, push=push, label_norm=lnorm)
     else:
         exp, n_pos = ref.supcon_rows(a_n, c_n, offset, args[0], args[1], temperature=tau,
-                                     focal=kind == _pairwise.FOCAL)
+                                     focal=kind == _contrastive.FOCAL)
     assert_close(rows, exp.detach(), **tol(dtype))
     torch.testing.assert_close(stats[:, 3], n_pos.to(dtype))
 
@@ -179,16 +171,13 @@ def test_rectangular_ops_match_reference(impl, dtype, kind, n, m, offset, d, L):
     assert_close(gc, gc_exp, **tol(dtype))
 
 
-@requires_cuda
-@pytest.mark.cuda
-@pytest.mark.gpu_validates(*ALL_OPS)
-@pytest.mark.parametrize("impl", IMPLS)
+@contrastive_gpu_test
 def test_symmetric_op_returns_empty_candidate_gradient(impl):
-    need(impl)
+    need(OP, impl)
     fwd, bwd = ops_for(impl)
     z = F.normalize(torch.randn(50, 8, device="cuda"), dim=1)
     labels = torch.randint(0, 4, (50,), device="cuda")
-    scalars = (_pairwise.SUPCON, 0, 0.1, 0.0, 0.0, 2.0)
+    scalars = (_contrastive.SUPCON, 0, 0.1, 0.0, 0.0, 2.0)
     rows, stats = fwd(z, None, labels, None, None, None, None, *scalars)
     ga, gc = bwd(torch.ones_like(rows), z, None, labels, None, None, None, None, stats, *scalars)
     assert ga.shape == z.shape and gc.shape == (0, 8)
@@ -196,13 +185,10 @@ def test_symmetric_op_returns_empty_candidate_gradient(impl):
 
 # ---- memory, determinism, argument checks ----
 
-@requires_cuda
-@pytest.mark.cuda
-@pytest.mark.gpu_validates(*ALL_OPS)
-@pytest.mark.parametrize("impl", IMPLS)
+@contrastive_gpu_test
 def test_memory_is_linear_in_n(impl):
     """N = 16384, D = 512: forward + backward peak far below one N×N float32 matrix (1 GiB)."""
-    need(impl)
+    need(OP, impl)
     n, d = 16384, 512
     x = features(n, d, torch.float32).requires_grad_(True)
     labels = torch.randint(0, 100, (n,), device="cuda")
@@ -228,7 +214,7 @@ def test_memory_is_linear_in_n(impl):
 @pytest.mark.parametrize("impl", ["cuda"])
 def test_cuda_kernels_are_deterministic(impl):
     """The CUDA kernels use no atomics: every output row has one owner block and a fixed order."""
-    need(impl)
+    need(OP, impl)
     x = features(1000, 300, torch.float32)
     labels = torch.randint(0, 20, (1000,), device="cuda")
     runs = [value_and_grad(lambda t: regops.supcon_loss(t, labels, impl=impl), x, torch.tensor(1.0, device="cuda"))
@@ -239,7 +225,7 @@ def test_cuda_kernels_are_deterministic(impl):
 @requires_cuda
 @pytest.mark.cuda
 def test_cuda_op_argument_checks():
-    need("cuda")
+    need(OP, "cuda")
     fwd = torch.ops.regops.contrastive_fwd
     z = F.normalize(torch.randn(6, 4, device="cuda"), dim=1)
     labels = torch.zeros(6, dtype=torch.int64, device="cuda")

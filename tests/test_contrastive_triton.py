@@ -1,7 +1,7 @@
-"""The Triton pairwise contrastive kernels (regops/triton/contrastive.py) against the materialized reference.
+"""The Triton contrastive kernels (regops/triton/contrastive.py) against the materialized reference.
 
 The ops are called directly: row losses and the |P| / L columns of row_stats against
-regops.reference.pairwise, gradients against torch.autograd through the reference with the same upstream
+regops.reference.contrastive, gradients against torch.autograd through the reference with the same upstream
 grad_row_loss. On CPU-only machines the conftest sets TRITON_INTERPRET=1, so the kernels run interpreted.
 """
 import math
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import regops  # noqa: F401  (registers the ops)
 from regops._loader import triton_available
-from regops.reference import pairwise as ref
+from regops.reference import contrastive as ref
 
 # The interpreter evaluates both sides of tl.where, so −inf − (−inf) in an unselected branch warns in numpy.
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
@@ -228,7 +228,7 @@ def test_single_candidate_supcon():
 
 
 def test_autograd_through_fwd_op():
-    """The autograd registration in ops/_pairwise.py routes the backward to the bwd op."""
+    """The autograd registration in ops/_contrastive.py routes the backward to the bwd op."""
     case, scalars = make_case(FOCAL, torch.float64, 5, 3, extra=3, offset=1, seed=2)
     za = case["anchors"].clone().requires_grad_(True)
     zc = case["candidates"].clone().requires_grad_(True)

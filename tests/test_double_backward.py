@@ -7,13 +7,11 @@ import pytest
 import torch
 
 import regops
-from regops.ops import orthonormal as O, _pairwise
-from regops.ot._backend import KERNELS as SINKHORN_KERNELS
 
 from conftest import cpu_impls
 
-ORTHO_IMPLS = cpu_impls(O.KERNELS)
-PAIR_IMPLS = cpu_impls(_pairwise.KERNELS)
+ORTHO_IMPLS = cpu_impls("orthonormal_penalty")
+PAIR_IMPLS = cpu_impls("conr_loss")
 SECOND_ORDER = r"double backward .* use impl='reference'"
 
 
@@ -57,7 +55,7 @@ def sinkhorn(impl):
 
 CASES = [("orthonormal_penalty", ortho, ORTHO_IMPLS), ("sorsa_ortho_loss", sorsa, ORTHO_IMPLS),
          ("supcon_loss", supcon, PAIR_IMPLS), ("focal_supcon_loss", focal, PAIR_IMPLS), ("conr_loss", conr, PAIR_IMPLS),
-         ("ot.sinkhorn", sinkhorn, cpu_impls(SINKHORN_KERNELS))]
+         ("ot.sinkhorn", sinkhorn, cpu_impls("ot.sinkhorn"))]
 
 
 def x_for(name):

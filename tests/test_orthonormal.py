@@ -10,15 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import regops
-from regops import _loader
-from regops.ops.orthonormal import KERNELS
-from regops.ops.sorsa import REG_KERNELS
+from regops import _loader, _registry
 from regops.reference import orthonormal as ref
 
-from conftest import cpu_impls, requires_cuda
+from conftest import cpu_impls, need, requires_cuda
 from tolerances import assert_close, assert_lowp_rule
 
-IMPLS = cpu_impls(KERNELS)
+IMPLS = cpu_impls("orthonormal_penalty")
 SHAPES = [(1, 1, 1), (3, 5, 7), (4, 17, 33), (2, 40, 8), (224, 3, 5), (2, 70, 600), (3, 16, 257), (2, 9, 1000), (2, 21, 1500)]
 OFFICIAL = 2.8568239  # the check value, printed to 8 digits (it is the float32 result)
 # The same value to 20 digits, from numpy's 80-bit long double: the 8 digits cannot meet
@@ -230,7 +228,7 @@ def make_pairs(dtype=torch.float64, shapes=((4, 16, 12), (4, 16, 12), (8, 20, 6)
     return pairs
 
 
-@pytest.mark.parametrize("impl", ["reference"] + cpu_impls(REG_KERNELS))
+@pytest.mark.parametrize("impl", ["reference"] + cpu_impls("sorsa_regularize_"))
 def test_sorsa_regularize_matches_autograd(impl):
     pairs = make_pairs()
     gamma, lr = 4e-4, 3e-5
@@ -252,7 +250,7 @@ def ref_loss(pairs):
     return total / (2 * len(pairs))
 
 
-@pytest.mark.parametrize("impl", ["reference"] + cpu_impls(REG_KERNELS))
+@pytest.mark.parametrize("impl", ["reference"] + cpu_impls("sorsa_regularize_"))
 def test_sorsa_regularize_non_finite_raises_and_changes_nothing(impl):
     pairs = make_pairs()
     for a, b in pairs:
@@ -319,17 +317,17 @@ def test_impl_selection(monkeypatch):
         regops.orthonormal_penalty(x, side="rows", impl="cuda")
     cpu = torch.device("cpu")
     monkeypatch.setenv("REGOPS_IMPL", "reference")
-    assert _loader.resolve_impl("orthonormal_penalty", None, cpu, KERNELS) == "reference"
+    assert _registry.resolve_impl("orthonormal_penalty", None, cpu) == "reference"
     monkeypatch.setenv("REGOPS_IMPL", "cuda")  # a preference that cannot run falls back
-    assert _loader.resolve_impl("orthonormal_penalty", None, cpu, KERNELS) == ("cpu" if "cpu" in IMPLS else "reference")
+    assert _registry.resolve_impl("orthonormal_penalty", None, cpu) == ("cpu" if "cpu" in IMPLS else "reference")
     monkeypatch.delenv("REGOPS_IMPL")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     if _loader.triton_available():
         with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-            _loader.resolve_impl("orthonormal_penalty", "triton", cpu, KERNELS)
+            _registry.resolve_impl("orthonormal_penalty", "triton", cpu)
     # auto never picks an unvalidated GPU kernel
-    assert _loader.resolve_impl("orthonormal_penalty", None, torch.device("cuda"), KERNELS) in ("reference",) or \
-        ("orthonormal_penalty", "cuda") in _loader.gpu_validated() or ("orthonormal_penalty", "triton") in _loader.gpu_validated()
+    assert _registry.resolve_impl("orthonormal_penalty", None, torch.device("cuda")) in ("reference",) or \
+        ("orthonormal_penalty", "cuda") in _registry.gpu_validated() or ("orthonormal_penalty", "triton") in _registry.gpu_validated()
 
 
 # ---- Triton cubin, CUDA, info ----
@@ -351,8 +349,7 @@ def test_triton_kernels_compile_to_sm90_cubin():
 @pytest.mark.parametrize("side", ["rows", "cols"])
 @pytest.mark.parametrize("shape", [(1, 1, 1), (3, 5, 7), (7, 33, 65), (448, 16, 512), (4, 128, 1000)])
 def test_cuda_matches_reference(impl, dtype, side, shape):
-    if not _loader.impl_available("orthonormal_penalty", impl, torch.device("cuda"), KERNELS)[0]:
-        pytest.skip(f"{impl} not available")
+    need("orthonormal_penalty", impl)
     x = (torch.randn(shape, dtype=torch.float64, device="cuda") / math.sqrt(shape[2 if side == "rows" else 1]))
     x = x.to(dtype).requires_grad_(True)
     exp = ref_values(x.double(), side, False)

@@ -12,12 +12,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import regops
-from regops.ops import p2ot as P
+from regops.ot import p2ot as P
 from regops.reference import p2ot as R
 
 from conftest import cpu_impls, free_port
 
-IMPLS = ["reference"] + cpu_impls(P.KERNELS)
+IMPLS = ["reference"] + cpu_impls("p2ot_plan")
 KERNEL_IMPLS = [i for i in IMPLS if i != "reference"]
 # The interpreted Triton kernel is slow: the long solves run on the compiled impls (test_p2ot_triton.py and
 # test_p2ot_gpu.py hold the Triton kernel to the formula).
@@ -239,7 +239,7 @@ def _worker(rank, port, impls, failures):
     finally:
         dist.barrier()
         dist.destroy_process_group()
-    os._exit(0)  # see test_pairwise_distributed.py: gloo's teardown sometimes aborts
+    os._exit(0)  # see test_contrastive_distributed.py: gloo's teardown sometimes aborts
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo")

@@ -18,14 +18,12 @@ from regops import _loader  # noqa: E402
 if _loader.triton_available():
     from regops.triton import p2ot as _tp  # noqa: E402,F401  (registers the triton op)
 
-try:
-    from regops.ops.p2ot import KERNELS  # noqa: E402
-except ImportError:
-    KERNELS = {"cpu": "p2ot_scaling_pass", "cuda": "p2ot_scaling_pass", "triton": "p2ot_scaling_pass_triton"}
+from conftest import need  # noqa: E402
 
 pytestmark = [pytest.mark.cuda, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
 # (impl, dtype): the Triton kernel takes float32 only
+OP = "p2ot_plan"
 IMPL_DTYPES = [("cuda", torch.float32), ("cuda", torch.float64), ("triton", torch.float32)]
 IDS = ["cuda-fp32", "cuda-fp64", "triton-fp32"]
 # P²OT's range (N ~ 5k-100k rows, Kc ~ 100-1001 columns), odd sizes, every column width class of the CUDA kernel
@@ -34,10 +32,6 @@ SHAPES = [(1, 1), (3, 2), (37, 17), (300, 101), (65, 513), (4097, 33), (5000, 10
           (1000, 1025), (33, 2500)]
 
 
-def need(impl):
-    ok, why = _loader.impl_available("p2ot_plan", impl, torch.device("cuda"), KERNELS)
-    if not ok:
-        pytest.skip(f"{impl} not available: {why}")
 
 
 def scaling_pass(impl):
@@ -83,7 +77,7 @@ def check(got, exp, dtype):
 @pytest.mark.parametrize("impl,dtype", IMPL_DTYPES, ids=IDS)
 @pytest.mark.parametrize("n,kc", SHAPES)
 def test_matches_formula(impl, dtype, n, kc):
-    need(impl)
+    need(OP, impl)
     K, v, t = inputs(n, kc, dtype, seed=n + kc)
     check(scaling_pass(impl)(K, v, t), expected(K, v, t), dtype)
 
@@ -92,7 +86,7 @@ def test_matches_formula(impl, dtype, n, kc):
 @pytest.mark.parametrize("impl,dtype", IMPL_DTYPES, ids=IDS)
 @pytest.mark.parametrize("n,kc", [(301, 17), (5001, 101)])
 def test_varied_targets_and_layout(impl, dtype, n, kc):
-    need(impl)
+    need(OP, impl)
     K, v, t = inputs(n, kc, dtype, seed=3, target="varied")
     check(scaling_pass(impl)(K.T.contiguous().T, v, t), expected(K, v, t), dtype)  # a column-major K
 
@@ -100,7 +94,7 @@ def test_varied_targets_and_layout(impl, dtype, n, kc):
 @pytest.mark.gpu_validates("p2ot_plan")
 @pytest.mark.parametrize("impl,dtype", IMPL_DTYPES, ids=IDS)
 def test_zero_row_gives_inf(impl, dtype):
-    need(impl)
+    need(OP, impl)
     K, v, t = inputs(300, 101, dtype, seed=4, target="varied")
     K[7] = 0
     t[7] = 1
@@ -115,7 +109,7 @@ def test_zero_row_gives_inf(impl, dtype):
 @pytest.mark.gpu_validates("p2ot_plan")
 @pytest.mark.parametrize("impl,dtype", IMPL_DTYPES, ids=IDS)
 def test_empty(impl, dtype):
-    need(impl)
+    need(OP, impl)
     f = scaling_pass(impl)
     u, col = f(torch.empty(0, 5, device="cuda", dtype=dtype), torch.ones(5, device="cuda", dtype=dtype),
                torch.empty(0, device="cuda", dtype=dtype))
@@ -129,7 +123,7 @@ def test_empty(impl, dtype):
 @pytest.mark.parametrize("impl,dtype", IMPL_DTYPES, ids=IDS)
 @pytest.mark.parametrize("n,kc", [(20000, 1001), (100000, 101), (1000, 1025)])
 def test_deterministic(impl, dtype, n, kc):
-    need(impl)
+    need(OP, impl)
     K, v, t = inputs(n, kc, dtype, seed=5, target="varied")
     f = scaling_pass(impl)
     a, b = f(K, v, t), f(K, v, t)
@@ -138,7 +132,7 @@ def test_deterministic(impl, dtype, n, kc):
 
 @pytest.mark.parametrize("impl", ["cuda", "triton"])
 def test_errors(impl):
-    need(impl)
+    need(OP, impl)
     f = scaling_pass(impl)
     K, v, t = inputs(5, 3, torch.float32)
     with pytest.raises(ValueError, match=r"regops.p2ot_scaling_pass: col_scale: expected shape \(3,\)"):
@@ -155,7 +149,7 @@ def test_errors(impl):
 
 
 def test_opcheck_cuda():
-    need("cuda")
+    need(OP, "cuda")
     K, v, t = inputs(37, 17, torch.float32, seed=6, target="varied")
     torch.library.opcheck(torch.ops.regops.p2ot_scaling_pass.default, (K, v, t))
 
@@ -172,7 +166,7 @@ def _plan_api():
 @pytest.mark.parametrize("impl", ["cuda", "triton"])
 def test_plan_small_matches_reference(impl):
     p2ot_plan = _plan_api()
-    need(impl)
+    need(OP, impl)
     logits = (10 * torch.cos(0.7 * torch.arange(18, dtype=torch.float32))).reshape(6, 3).cuda()
     got, _ = p2ot_plan(logits, 0.1, impl=impl)
     exp, _ = p2ot_plan(logits, 0.1, impl="reference")
@@ -188,7 +182,7 @@ def test_plan_small_matches_reference(impl):
 def test_plan_random_matches_reference(impl):
     """A fixed number of iterations (tol=0), so both impls run the same iteration."""
     p2ot_plan = _plan_api()
-    need(impl)
+    need(OP, impl)
     g = torch.Generator(device="cuda").manual_seed(0)
     logits = torch.randn(512, 100, device="cuda", generator=g)
     kw = dict(max_iter=200, tol=0.0, on_nonconvergence="ignore")
@@ -207,7 +201,7 @@ def test_plan_confident_logits_match_reference(impl, kind, scale, k):
     """Confident logits (test_p2ot_range.py on the CPU): columns whose iterate mass is below float32's normal
     range are lifted per column, so the float32 kernels solve what the float64 reference solves."""
     p2ot_plan = _plan_api()
-    need(impl)
+    need(OP, impl)
     g = torch.Generator().manual_seed(3)
     if kind == "cosine":
         f = torch.nn.functional.normalize(torch.randn(128, 16, generator=g), dim=1)

@@ -1,7 +1,7 @@
 """P²OT/SP²OT on confident logits: the float32 kernel path solves what the float64 reference solves.
 
 Cosine classifiers with a large scale (and raw Gaussian logits) make some column's iterate mass ~1e-43 while its
-scaling is astronomically large: before the per-column lift in ops/p2ot.py's `form`, the float32 column sums
+scaling is astronomically large: before the per-column lift in ot/p2ot.py's `form`, the float32 column sums
 underflowed and the kernel path raised "kept underflowing" (or, at ρ = 0.05, stopped early on a wrong plan).
 The grid is the issue's: logit scales 1 … 10 000, cosine and Gaussian logits, K ∈ {1, 2, 37, 1000},
 ρ ∈ {0.05, 0.3, 1}. The compiled impls are held to the converged reference plan; the interpreted Triton kernel
@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 import regops
-from regops.ops import p2ot as P
+from regops.ot import p2ot as P
 
 from conftest import cpu_impls
 
-KERNEL_IMPLS = cpu_impls(P.KERNELS)
+KERNEL_IMPLS = cpu_impls("p2ot_plan")
 COMPILED_IMPLS = [i for i in KERNEL_IMPLS if i != "triton"]
 SCALES = [1, 10, 30, 100, 150, 300, 1000, 10000]
 KS = [1, 2, 37, 1000]

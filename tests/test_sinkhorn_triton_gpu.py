@@ -12,8 +12,10 @@ import torch
 from regops import _loader
 from regops.reference import sinkhorn as ref
 
-from conftest import requires_cuda
+from conftest import need, requires_cuda
+from tolerances import sinkhorn_grad_scale
 
+OP = "ot.sinkhorn"
 IMPLS = ["triton"]
 SQ, EU, COS = ref.SQEUCLIDEAN, ref.EUCLIDEAN, ref.COSINE
 COSTS = [SQ, EU, COS]
@@ -31,10 +33,6 @@ if _loader.triton_available():
 pytestmark = [requires_cuda, pytest.mark.cuda]
 
 
-def need(impl):
-    ok, why = _loader.impl_available("sinkhorn", impl, torch.device("cuda"), {"triton": "sinkhorn_update_triton"})
-    if not ok:
-        pytest.skip(f"{impl} not available: {why}")
 
 
 def _tf32(allow):
@@ -127,30 +125,12 @@ def plan_inputs(bsz, n, m, d, cost, eps, seed=0):
     return x, y, f.float(), g.float(), e
 
 
-def grad_scale(x, y, f, g, eps, cost):
-    """max of Σ_j P_ij (|A_ij||x_i| + |W_ij||y_j|): the scale of the terms of the gradient's sum."""
-    x, y, f, g, eps = f64(x, y, f, g, eps)
-    P = ref.plan(x, y, f, g, eps, cost)
-    if cost == SQ:
-        A = W = 2 * P
-    elif cost == EU:
-        dist = ref.sqdist_matrix(x, y).sqrt()
-        A = W = torch.where(dist > 0, P / dist.clamp_min(1e-300), torch.zeros_like(P))
-    else:
-        nx, ny = x.norm(dim=-1), y.norm(dim=-1)
-        D = nx[:, :, None] * ny[:, None, :] + ref.COSINE_RIDGE
-        W = P / D
-        A = P * (x @ y.transpose(1, 2)).abs() * ny[:, None, :] / (nx.clamp_min(1e-300)[:, :, None] * D * D)
-    terms = A.abs().sum(2, keepdim=True) * x.abs() + W.abs() @ y.abs()
-    return terms.max().item() if terms.numel() else 0.0
-
-
-@pytest.mark.gpu_validates("sinkhorn")
+@pytest.mark.gpu_validates("ot.sinkhorn", "ot.sinkhorn_from_cost", "ot.sinkhorn_divergence", "monge_gap")
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("cost", COSTS, ids=COST_IDS)
 def test_update(impl, cost, shape, ieee):
-    need(impl)
+    need(OP, impl)
     bsz, n, m, d = shape
     x, y = clouds(bsz, n, m, d, seed=n + m)
     x[:, : min(n, m) // 2] = y[:, : min(n, m) // 2]  # some coincident points
@@ -162,10 +142,10 @@ def test_update(impl, cost, shape, ieee):
         check(out, ref.update(*f64(x, y, pot, log_w, tau, e), cost))
 
 
-@pytest.mark.gpu_validates("sinkhorn")
+@pytest.mark.gpu_validates("ot.sinkhorn", "ot.sinkhorn_from_cost", "ot.sinkhorn_divergence", "monge_gap")
 @pytest.mark.parametrize("impl", IMPLS)
 def test_update_mixed_eps_offset_and_empty(impl, ieee):
-    need(impl)
+    need(OP, impl)
     upd = _ops()[0]
     x, y = clouds(3, 45, 61, 17, seed=7)
     pot, log_w, tau = update_inputs(3, 45, 61)
@@ -180,12 +160,12 @@ def test_update_mixed_eps_offset_and_empty(impl, ieee):
     check(upd(x, y, pot, log_w, tau, e[:2], SQ), ref.update(*f64(x, y, pot, log_w, tau, e[:2]), SQ))
 
 
-@pytest.mark.gpu_validates("sinkhorn")
+@pytest.mark.gpu_validates("ot.sinkhorn", "ot.sinkhorn_from_cost", "ot.sinkhorn_divergence", "monge_gap")
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "sliced"])
 @pytest.mark.parametrize("transpose", [False, True])
 def test_update_dense(impl, transpose, layout, ieee):
-    need(impl)
+    need(OP, impl)
     bsz, n, m = 3, 700, 333
     x, y = clouds(bsz, n, m, 5, seed=1)
     C = ref.cost_matrix(x, y, EU)
@@ -201,26 +181,26 @@ def test_update_dense(impl, transpose, layout, ieee):
     check(_ops()[1](C, pot, log_w, tau, e, transpose), ref.update_dense(*f64(C, pot, log_w, tau, e), transpose))
 
 
-@pytest.mark.gpu_validates("sinkhorn")
+@pytest.mark.gpu_validates("ot.sinkhorn", "ot.sinkhorn_from_cost", "ot.sinkhorn_divergence", "monge_gap")
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("shape", GRAD_SHAPES, ids=str)
 @pytest.mark.parametrize("cost", COSTS, ids=COST_IDS)
 def test_cost_grad(impl, cost, shape, ieee):
-    need(impl)
+    need(OP, impl)
     bsz, n, m, d = shape
     for eps in EPS:
         x, y, f, g, e = plan_inputs(bsz, n, m, d, cost, eps, seed=n + d)
         out = _ops()[2](x, y, f, g, e, cost)
         assert torch.isfinite(out).all()
         check(out, ref.cost_grad(*f64(x, y, f, g, e), cost), rtol=plan_rtol(cost, eps),
-              scale=grad_scale(x, y, f, g, e, cost))
+              scale=sinkhorn_grad_scale(x, y, f, g, e, cost))
 
 
-@pytest.mark.gpu_validates("sinkhorn")
+@pytest.mark.gpu_validates("ot.sinkhorn", "ot.sinkhorn_from_cost", "ot.sinkhorn_divergence", "monge_gap")
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("d", [1, 3, 64, 130])
 def test_cost_grad_euclidean_coincident(impl, d, ieee):
-    need(impl)
+    need(OP, impl)
     x, _ = clouds(2, 300, 1, d, seed=d)
     y = torch.cat([x, x[:, :50], torch.randn(2, 40, d, device="cuda", generator=gen(d))], dim=1)
     for eps in (0.1, 10.0):
@@ -229,19 +209,19 @@ def test_cost_grad_euclidean_coincident(impl, d, ieee):
         f = ref.update(*f64(x, y, g), torch.zeros(2, 300, dtype=torch.float64, device="cuda"),
                        torch.ones(2, 300, dtype=torch.float64, device="cuda"), e.double(), EU).float()
         check(_ops()[2](x, y, f, g, e, EU), ref.cost_grad(*f64(x, y, f, g, e), EU),
-              scale=grad_scale(x, y, f, g, e, EU))
+              scale=sinkhorn_grad_scale(x, y, f, g, e, EU))
     one = x[:1, :1]
     z = torch.zeros(1, 1, device="cuda")
     out = _ops()[2](one, one.clone(), z, z, eps_tensor(1, 0.1), EU)
     assert torch.equal(out, torch.zeros_like(out))
 
 
-@pytest.mark.gpu_validates("sinkhorn")
+@pytest.mark.gpu_validates("ot.sinkhorn", "ot.sinkhorn_from_cost", "ot.sinkhorn_divergence", "monge_gap")
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("shape,k", list(zip(SHAPES, [1, 5, 70])), ids=str)  # k = 70: two BLOCK_D chunks
 @pytest.mark.parametrize("cost", COSTS, ids=COST_IDS)
 def test_apply(impl, cost, shape, k, ieee):
-    need(impl)
+    need(OP, impl)
     bsz, n, m, d = shape
     v = torch.randn(bsz, m, k, device="cuda", generator=gen(k))
     for eps in EPS:
@@ -267,6 +247,6 @@ def test_tf32(cost, tf32):
                    torch.ones(bsz, n, dtype=torch.float64, device="cuda"), e.double(), cost).float()
     g = torch.zeros(bsz, m, device="cuda")
     check(grad(x, y, f, g, e, cost), ref.cost_grad(*f64(x, y, f, g, e), cost), rtol=2e-2,
-          scale=grad_scale(x, y, f, g, e, cost))
+          scale=sinkhorn_grad_scale(x, y, f, g, e, cost))
     v = torch.randn(bsz, m, 3, device="cuda", generator=gen(3))
     check(app(x, y, f, g, v, e, cost), ref.apply(*f64(x, y, f, g, v, e), cost), rtol=2e-2)

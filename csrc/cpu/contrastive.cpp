@@ -1,4 +1,4 @@
-// CPU kernels of the pairwise contrastive engine (math: regops/contrastive_math.h).
+// CPU kernels of the contrastive engine (math: regops/contrastive_math.h).
 //
 // The similarity S = A Cᵀ/τ is computed tile by tile (BLAS on BS×BS tiles) and consumed at once: the
 // forward folds each tile into online row statistics, the backward recomputes it, turns it into dS and
@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "regops/checks.h"
+#include "regops/contrastive_checks.h"
 #include "regops/contrastive_math.h"
 #include "simd_exp.h"
 #include "tile_blas.h"
@@ -533,74 +534,7 @@ void unit_rows_backward_(at::Tensor& g, const UnitRows& u) {
 
 // ---- argument checks and the torch-facing ops ----
 
-struct Inputs {
-  at::Tensor a, c, ya, yc, pa, pc, wa;
-};
-
-Inputs check_inputs(const char* op, const at::Tensor& anchors, const std::optional<at::Tensor>& candidates, const at::Tensor& labels,
-                    const std::optional<at::Tensor>& cand_labels, const std::optional<at::Tensor>& preds,
-                    const std::optional<at::Tensor>& cand_preds, const std::optional<at::Tensor>& weights, int64_t kind,
-                    int64_t offset, double temperature) {
-  check_dim(op, "anchors", anchors, 2);
-  check_device(op, "anchors", anchors, c10::DeviceType::CPU);
-  REGOPS_CHECK_TYPE(anchors.scalar_type() == at::kFloat || anchors.scalar_type() == at::kDouble, op, "anchors",
-                    "dtype float32 or float64 (feature rows in the accumulation dtype)", describe(anchors));
-  REGOPS_CHECK_VALUE(kind >= 0 && kind <= 3, op, "kind", "0 (ConR agedb), 1 (ConR nyud2), 2 (SupCon) or 3 (focal)",
-                     kind);
-  REGOPS_CHECK_VALUE(temperature > 0 && std::isfinite(temperature), op, "temperature", "a positive finite number",
-                     temperature);
-  REGOPS_CHECK_VALUE(anchors.size(1) >= 1, op, "anchors", "at least one column", describe(anchors));
-  const int64_t n = anchors.size(0), d = anchors.size(1);
-  Inputs in;
-  in.a = anchors.contiguous();
-  in.c = in.a;
-  if (candidates.has_value()) {
-    const auto& c = *candidates;
-    check_dim(op, "candidates", c, 2);
-    REGOPS_CHECK_VALUE(c.size(1) == d && c.scalar_type() == anchors.scalar_type() && c.device() == anchors.device(),
-                       op, "candidates", "(M, " + std::to_string(d) + ") rows like anchors", describe(c));
-    REGOPS_CHECK_VALUE(offset >= 0 && offset + n <= c.size(0), op, "offset",
-                       "anchors to sit at candidates[offset : offset + n]", offset);
-    in.c = c.contiguous();
-  } else {
-    REGOPS_CHECK_VALUE(offset == 0, op, "offset", "0 when candidates is None", offset);
-  }
-  const int64_t m = in.c.size(0);
-  const bool conr = is_conr(static_cast<int>(kind));
-  auto target = [&](const char* arg, const at::Tensor& t, int64_t rows, const at::Tensor* like) {
-    if (conr) {
-      check_dim(op, arg, t, 2);
-      REGOPS_CHECK_VALUE(t.size(0) == rows && t.scalar_type() == anchors.scalar_type() && t.device() == anchors.device()
-                         && (like == nullptr || t.size(1) == like->size(1)),
-                         op, arg, "(" + std::to_string(rows) + ", L) rows of dtype " +
-                         std::string(c10::toString(anchors.scalar_type())) + " on the anchors' device", describe(t));
-    } else {
-      check_dim(op, arg, t, 1);
-      REGOPS_CHECK_VALUE(t.size(0) == rows && t.scalar_type() == at::kLong && t.device() == anchors.device(), op, arg,
-                         "(" + std::to_string(rows) + ",) int64 class ids on the anchors' device", describe(t));
-    }
-    return t.contiguous();
-  };
-  in.ya = target("labels", labels, n, nullptr);
-  if (candidates.has_value())
-    REGOPS_CHECK_VALUE(cand_labels.has_value(), op, "cand_labels", "a tensor when candidates is given", "None");
-  in.yc = candidates.has_value() ? target("cand_labels", *cand_labels, m, &in.ya) : in.ya;
-  if (conr) {
-    REGOPS_CHECK_VALUE(preds.has_value() && weights.has_value(), op, "preds", "preds and weights for ConR", "None");
-    in.pa = target("preds", *preds, n, &in.ya);
-    if (candidates.has_value()) {
-      REGOPS_CHECK_VALUE(cand_preds.has_value(), op, "cand_preds", "a tensor when candidates is given", "None");
-      in.pc = target("cand_preds", *cand_preds, m, &in.ya);
-    } else {
-      in.pc = in.pa;
-    }
-    const auto& w = *weights;
-    REGOPS_CHECK_VALUE(w.dim() == 1 && w.size(0) == n && w.scalar_type() == anchors.scalar_type(), op, "weights",
-                       "(" + std::to_string(n) + ",) of the anchors' dtype", describe(w));
-    in.wa = w.contiguous();
-  }
-  return in;
-}
+using Inputs = ContrastiveInputs;
 
 template <typename T>
 Problem<T> make_problem(const Inputs& in, bool symmetric, int64_t kind, int64_t offset, double temperature,
@@ -652,18 +586,18 @@ std::tuple<at::Tensor, at::Tensor> contrastive_fwd_cpu(
     const std::optional<at::Tensor>& cand_labels, const std::optional<at::Tensor>& preds,
     const std::optional<at::Tensor>& cand_preds, const std::optional<at::Tensor>& weights, int64_t kind, int64_t offset,
     double temperature, double threshold, double push, double label_norm) {
-  Inputs in = check_inputs("contrastive_fwd", anchors, candidates, labels, cand_labels, preds, cand_preds, weights,
-                           kind, offset, temperature);
+  Inputs in = check_contrastive("contrastive_fwd", anchors, candidates, labels, cand_labels, preds, cand_preds, weights,
+                                kind, offset, temperature, threshold, push, label_norm, c10::DeviceType::CPU);
   const int64_t n = in.a.size(0);
   in.a = unit_rows(in.a, "contrastive_fwd", "anchors").z;
-  in.c = candidates.has_value() ? unit_rows(in.c, "contrastive_fwd", "candidates").z : in.a;
+  in.c = !in.symmetric ? unit_rows(in.c, "contrastive_fwd", "candidates").z : in.a;
   auto row_loss = at::empty({n}, in.a.options());
   auto row_stats = at::empty({n, kRowStats}, in.a.options());
   if (n == 0) return {row_loss, row_stats};
   AT_DISPATCH_FLOATING_TYPES(in.a.scalar_type(), "contrastive_fwd_cpu", [&] {
     std::vector<int32_t> label_ids;
-    const auto P = make_problem<scalar_t>(in, !candidates.has_value(), kind, offset, temperature, threshold, push,
-                                          label_norm, label_ids);
+    const auto P = make_problem<scalar_t>(in, in.symmetric, kind, offset, temperature, threshold, push, label_norm,
+                                          label_ids);
     const int threads = at::get_num_threads();
     const auto [bs, BI, BJ] = tile_grid(P.n, P.m);
     std::vector<RowAcc<scalar_t>> acc(P.n, row_init<scalar_t>());
@@ -688,29 +622,23 @@ std::tuple<at::Tensor, at::Tensor> contrastive_bwd_cpu(
     const at::Tensor& labels, const std::optional<at::Tensor>& cand_labels, const std::optional<at::Tensor>& preds,
     const std::optional<at::Tensor>& cand_preds, const std::optional<at::Tensor>& weights, const at::Tensor& row_stats,
     int64_t kind, int64_t offset, double temperature, double threshold, double push, double label_norm) {
-  Inputs in = check_inputs("contrastive_bwd", anchors, candidates, labels, cand_labels, preds, cand_preds, weights,
-                           kind, offset, temperature);
+  Inputs in = check_contrastive("contrastive_bwd", anchors, candidates, labels, cand_labels, preds, cand_preds, weights,
+                                kind, offset, temperature, threshold, push, label_norm, c10::DeviceType::CPU);
+  check_contrastive_grads("contrastive_bwd", anchors, grad_row_loss, row_stats);
   const int64_t n = in.a.size(0), d = in.a.size(1);
   const UnitRows ua = unit_rows(in.a, "contrastive_bwd", "anchors");
-  const UnitRows uc = candidates.has_value() ? unit_rows(in.c, "contrastive_bwd", "candidates") : ua;
+  const UnitRows uc = !in.symmetric ? unit_rows(in.c, "contrastive_bwd", "candidates") : ua;
   in.a = ua.z;
   in.c = uc.z;
-  REGOPS_CHECK_VALUE(grad_row_loss.dim() == 1 && grad_row_loss.size(0) == n && grad_row_loss.device() == anchors.device(),
-                     "contrastive_bwd", "grad_row_loss", "shape (" + std::to_string(n) + ",) on the anchors' device",
-                     describe(grad_row_loss));
-  REGOPS_CHECK_VALUE(row_stats.dim() == 2 && row_stats.size(0) == n && row_stats.size(1) == kRowStats &&
-                     row_stats.scalar_type() == anchors.scalar_type(),
-                     "contrastive_bwd", "row_stats", "shape (" + std::to_string(n) + ", 4) of the anchors' dtype",
-                     describe(row_stats));
   const auto g = grad_row_loss.to(anchors.scalar_type()).contiguous();
   const auto stats_c = row_stats.contiguous();
   auto grad_a = at::zeros_like(in.a);
-  auto grad_c = candidates.has_value() ? at::zeros_like(in.c) : at::empty({0, d}, in.a.options());
+  auto grad_c = !in.symmetric ? at::zeros_like(in.c) : at::empty({0, d}, in.a.options());
   if (n == 0) return {grad_a, grad_c};
   AT_DISPATCH_FLOATING_TYPES(in.a.scalar_type(), "contrastive_bwd_cpu", [&] {
     std::vector<int32_t> label_ids;
-    const auto P = make_problem<scalar_t>(in, !candidates.has_value(), kind, offset, temperature, threshold, push,
-                                          label_norm, label_ids);
+    const auto P = make_problem<scalar_t>(in, in.symmetric, kind, offset, temperature, threshold, push, label_norm,
+                                          label_ids);
     const int threads = at::get_num_threads();
     const auto [bs, BI, BJ] = tile_grid(P.n, P.m);
     const BackwardTile<scalar_t> tile{P, bs, stats_c.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
@@ -720,7 +648,7 @@ std::tuple<at::Tensor, at::Tensor> contrastive_bwd_cpu(
     run_rounds<scalar_t>(P.symmetric ? symmetric_rounds(BI) : rectangular_rounds(BI, BJ), threads, bs, tile);
   });
   unit_rows_backward_(grad_a, ua);  // from d/dz to d/d(features)
-  if (candidates.has_value()) unit_rows_backward_(grad_c, uc);
+  if (!in.symmetric) unit_rows_backward_(grad_c, uc);
   return {grad_a, grad_c};
 }
 

@@ -19,7 +19,7 @@
 
 #include "regops/checks.h"
 #include "regops/graddrop_math.h"
-#include "regops/op_checks.h"
+#include "regops/graddrop_checks.h"
 #include "simd_x86.h"
 
 namespace regops {

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "regops/checks.h"
+#include "regops/orthonormal_checks.h"
 #include "regops/orthonormal_math.h"
 #include "output_cache.h"
 #include "simd_x86.h"
@@ -22,7 +23,7 @@
 namespace regops {
 namespace {
 
-constexpr const char* kOp = "orthonormal_penalty";
+constexpr const char* kOp = kOrthonormalOp;
 
 template <typename T>
 struct Mat {
@@ -231,14 +232,8 @@ void for_each_matrix(int64_t n, bool blas, int64_t work_per_matrix, const F& f) 
   });
 }
 
-void check_mats(const at::Tensor& mats) {
-  check_dim(kOp, "mats", mats, 3);
-  check_float_dtype(kOp, "mats", mats);
-  check_device(kOp, "mats", mats, c10::DeviceType::CPU);
-}
-
 std::tuple<at::Tensor, at::Tensor> orthonormal_penalty_fwd_cpu(const at::Tensor& mats, bool squared) {
-  check_mats(mats);
+  check_orthonormal_fwd(mats, c10::DeviceType::CPU);
   const int64_t L = mats.size(0), p = mats.size(1), q = mats.size(2);
   const auto acc = acc_type(mats.scalar_type());
   auto residual = at::empty({L, p, p}, mats.options().dtype(acc));
@@ -263,15 +258,10 @@ std::tuple<at::Tensor, at::Tensor> orthonormal_penalty_fwd_cpu(const at::Tensor&
 
 at::Tensor orthonormal_penalty_bwd_cpu(const at::Tensor& grad_values, const at::Tensor& mats,
                                        const at::Tensor& residual, bool squared) {
-  check_mats(mats);
+  check_orthonormal_bwd(grad_values, mats, residual, c10::DeviceType::CPU);
   const int64_t L = mats.size(0), p = mats.size(1), q = mats.size(2);
-  REGOPS_CHECK_VALUE(grad_values.dim() == 1 && grad_values.size(0) == L, kOp, "grad_values",
-                     "shape (" + std::to_string(L) + ")", describe(grad_values));
-  REGOPS_CHECK_VALUE(residual.dim() == 3 && residual.size(0) == L && residual.size(1) == p && residual.size(2) == p,
-                     kOp, "residual", "shape (" + std::to_string(L) + ", " + std::to_string(p) + ", " + std::to_string(p) + ")",
-                     describe(residual));
   const auto acc = acc_type(mats.scalar_type());
-  auto R = residual.to(acc).contiguous();
+  auto R = residual.contiguous();
   auto g = grad_values.to(acc).contiguous();
   auto out = cached_empty_like(mats);  // a large gradient: reuse mapped pages (see output_cache.h)
   const bool blas = use_blas(p, q);
@@ -299,13 +289,10 @@ at::Tensor orthonormal_grad_accumulate_cpu(at::TensorList mats, at::TensorList g
   const int64_t n = static_cast<int64_t>(mats.size());
   for (int64_t i = 0; i < n; ++i) {
     const std::string name = "mats[" + std::to_string(i) + "]", gname = "grads[" + std::to_string(i) + "]";
-    check_dim(op, name.c_str(), mats[i], 2);
-    check_float_dtype(op, name.c_str(), mats[i]);
-    check_device(op, name.c_str(), mats[i], c10::DeviceType::CPU);
-    check_same_shape(op, gname.c_str(), grads[i], mats[i], name.c_str());
-    REGOPS_CHECK_TYPE(grads[i].scalar_type() == mats[i].scalar_type(), op, gname, "dtype " + c10::str(mats[i].scalar_type()),
-                      describe(grads[i]));
-    check_device(op, gname.c_str(), grads[i], c10::DeviceType::CPU);
+    check_dim(op, name, mats[i], 2);
+    check_float_dtype(op, name, mats[i]);
+    check_device(op, name, mats[i], c10::DeviceType::CPU);
+    check_like(op, gname, grads[i], mats[i].sizes().vec(), mats[i], name.c_str());
     // The rows of one grad are written by parallel tasks: an expanded (stride-0) grad would race.
     REGOPS_CHECK_VALUE(at::has_internal_overlap(grads[i]) != at::MemOverlap::Yes, op, gname,
                        "a gradient whose elements do not share memory (not an expanded tensor)",

@@ -14,7 +14,8 @@
 #include <vector>
 
 #include "regops/checks.h"
-#include "regops/op_checks.h"
+#include "regops/hd.h"
+#include "regops/p2ot_checks.h"
 #include "simd_x86.h"
 
 namespace regops {
@@ -22,8 +23,6 @@ namespace {
 
 constexpr int64_t kChunkRows = 256;  // rows per task (and per column partial)
 constexpr int64_t kFlushRows = 32;   // rows summed in T before they join the double partial
-
-#define REGOPS_ALWAYS_INLINE inline __attribute__((always_inline))
 
 template <typename T>
 REGOPS_ALWAYS_INLINE T dot_scalar(const T* a, const T* b, int64_t n) {

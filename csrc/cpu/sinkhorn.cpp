@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "regops/checks.h"
+#include "regops/sinkhorn_checks.h"
 #include "regops/sinkhorn_math.h"
 #include "simd_exp.h"
 #include "tile_blas.h"
@@ -30,8 +31,6 @@ namespace regops {
 namespace {
 
 using namespace sinkhorn;
-
-#define REGOPS_ALWAYS_INLINE inline __attribute__((always_inline))
 
 constexpr int64_t kLoopMaxDim = 12;  // up to this d, tiles are filled by loops; above, by a GEMM (measured crossover)
 constexpr int64_t kLoopRows = 16, kLoopCols = 1024;  // loop tiles: y's column chunk (d × 1024) stays in L1/L2
@@ -561,54 +560,12 @@ void for_row_blocks(const Prepared<T>& P, int64_t tiles, F&& body) {
   });
 }
 
-// ---- argument checks ----
-
-void check_cloud(const char* op, const char* arg, const at::Tensor& t) {
-  REGOPS_CHECK_VALUE(t.dim() == 3, op, arg, "a 3-D tensor (B, points, d)", describe(t));
-  REGOPS_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, arg,
-                    "dtype float32 or float64", describe(t));
-  check_device(op, arg, t, c10::DeviceType::CPU);
-}
-
-std::string shape_str(const std::vector<int64_t>& shape) {  // "(2, 4)", as the Python checks write it
-  std::string s = "(";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + (shape.size() == 1 ? ",)" : ")");
-}
-
-void check_like(const char* op, const char* arg, const at::Tensor& t, std::vector<int64_t> shape,
-                const at::Tensor& like) {
-  REGOPS_CHECK_VALUE(t.sizes() == at::IntArrayRef(shape), op, arg, "shape " + shape_str(shape), describe(t));
-  REGOPS_CHECK_TYPE(t.scalar_type() == like.scalar_type(), op, arg,
-                    "dtype " + c10::str(like.scalar_type()) + " (as the points)", describe(t));
-  REGOPS_CHECK_DEVICE(t.device() == like.device(), op, arg, "device " + c10::str(like.device()) + " (as the points)",
-                      describe(t));
-}
-
-void check_pair(const char* op, const at::Tensor& x, const at::Tensor& y, const at::Tensor& eps, int64_t cost) {
-  check_cloud(op, "x", x);
-  check_cloud(op, "y", y);
-  REGOPS_CHECK_VALUE(y.size(0) == x.size(0) && y.size(2) == x.size(2), op, "y",
-                     "shape (" + std::to_string(x.size(0)) + ", M, " + std::to_string(x.size(2)) + ") (as x)",
-                     describe(y));
-  REGOPS_CHECK_TYPE(y.scalar_type() == x.scalar_type(), op, "y", "dtype " + c10::str(x.scalar_type()) + " (as x)",
-                    describe(y));
-  REGOPS_CHECK_VALUE(y.size(1) >= 1, op, "y", "at least one point", describe(y));
-  check_like(op, "eps", eps, {x.size(0)}, x);
-  REGOPS_CHECK_VALUE(cost >= 0 && cost <= 2, op, "cost", "0 (sqeuclidean), 1 (euclidean) or 2 (cosine)",
-                     std::to_string(cost));
-}
-
 // ---- the ops ----
 
 at::Tensor sinkhorn_update_cpu(const at::Tensor& x_, const at::Tensor& y_, const at::Tensor& pot_,
                                const at::Tensor& log_w_, const at::Tensor& tau_, const at::Tensor& eps_, int64_t cost) {
-  const char* op = "sinkhorn_update";
-  check_pair(op, x_, y_, eps_, cost);
-  const int64_t B = x_.size(0), N = x_.size(1), M = y_.size(1);
-  check_like(op, "pot", pot_, {B, M}, x_);
-  check_like(op, "log_w", log_w_, {B, N}, x_);
-  check_like(op, "tau", tau_, {B, N}, x_);
+  const auto s = check_sinkhorn_update(x_, y_, pot_, log_w_, tau_, eps_, cost, c10::DeviceType::CPU);
+  const int64_t B = s.B, N = s.N, M = s.M;
   const auto x = x_.contiguous(), y = y_.contiguous(), pot = pot_.contiguous(), log_w = log_w_.contiguous(),
              tau = tau_.contiguous(), eps = eps_.contiguous();
   auto out = at::empty({B, N}, x.options());
@@ -627,18 +584,11 @@ at::Tensor sinkhorn_update_cpu(const at::Tensor& x_, const at::Tensor& y_, const
 
 at::Tensor weighted_rows_op(const char* op, const at::Tensor& x_, const at::Tensor& y_, const at::Tensor& f_,
                             const at::Tensor& g_, const at::Tensor* v_, const at::Tensor& eps_, int64_t cost) {
-  check_pair(op, x_, y_, eps_, cost);
-  const int64_t B = x_.size(0), N = x_.size(1), M = y_.size(1), d = x_.size(2);
-  check_like(op, "f", f_, {B, N}, x_);
-  check_like(op, "g", g_, {B, M}, x_);
-  int64_t k = d;
+  const auto s = check_sinkhorn_weighted(op, x_, y_, f_, g_, v_, eps_, cost, c10::DeviceType::CPU);
+  const int64_t B = s.B, N = s.N, M = s.M, d = s.d;
+  const int64_t k = v_ != nullptr ? v_->size(2) : d;
   at::Tensor v;
-  if (v_ != nullptr) {
-    REGOPS_CHECK_VALUE(v_->dim() == 3, op, "v", "a 3-D tensor (B, M, k)", describe(*v_));
-    k = v_->size(2);
-    check_like(op, "v", *v_, {B, M, k}, x_);
-    v = v_->contiguous();
-  }
+  if (v_ != nullptr) v = v_->contiguous();
   const auto x = x_.contiguous(), y = y_.contiguous(), f = f_.contiguous(), g = g_.contiguous(),
              eps = eps_.contiguous();
   auto out = at::zeros({B, N, k}, x.options());
@@ -668,16 +618,9 @@ at::Tensor sinkhorn_apply_cpu(const at::Tensor& x, const at::Tensor& y, const at
 
 at::Tensor sinkhorn_update_dense_cpu(const at::Tensor& C_, const at::Tensor& pot_, const at::Tensor& log_w_,
                                      const at::Tensor& tau_, const at::Tensor& eps_, bool transpose) {
-  const char* op = "sinkhorn_update_dense";
-  check_cloud(op, "cost_matrix", C_);
+  check_sinkhorn_dense(C_, pot_, log_w_, tau_, eps_, transpose, c10::DeviceType::CPU);
   const int64_t B = C_.size(0), N = C_.size(1), M = C_.size(2);
-  const int64_t out_n = transpose ? M : N, red_n = transpose ? N : M;
-  REGOPS_CHECK_VALUE(red_n >= 1, op, "cost_matrix", std::string("at least one ") + (transpose ? "row" : "column"),
-                     describe(C_));
-  check_like(op, "pot", pot_, {B, red_n}, C_);
-  check_like(op, "log_w", log_w_, {B, out_n}, C_);
-  check_like(op, "tau", tau_, {B, out_n}, C_);
-  check_like(op, "eps", eps_, {B}, C_);
+  const int64_t out_n = transpose ? M : N;
   const auto C = C_.contiguous(), pot = pot_.contiguous(), log_w = log_w_.contiguous(), tau = tau_.contiguous(),
              eps = eps_.contiguous();
   auto out = at::empty({B, out_n}, C.options());

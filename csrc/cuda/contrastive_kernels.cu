@@ -1,4 +1,4 @@
-// CUDA kernels of the pairwise contrastive engine (ConR, SupCon, focal SupCon), FlashAttention-style: the
+// CUDA kernels of the contrastive engine (ConR, SupCon, focal SupCon), FlashAttention-style: the
 // similarity s_ij = ⟨a_i, c_j⟩/τ is recomputed tile by tile from the rows and never stored, so the memory is
 // O(n·D + M·D + n). The per-element and per-row math is regops/contrastive_math.h, shared with the CPU kernel.
 // CUDA headers only (no ATen), so this file compiles in seconds; the torch glue is contrastive.cpp.

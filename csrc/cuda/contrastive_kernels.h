@@ -1,4 +1,4 @@
-// Launchers of the CUDA kernels of the pairwise contrastive engine (ConR, SupCon, focal SupCon; the math is
+// Launchers of the CUDA kernels of the contrastive engine (ConR, SupCon, focal SupCon; the math is
 // regops/contrastive_math.h). Plain C++: raw pointers to contiguous row-major tensors, int64 sizes, a stream;
 // no ATen, so the torch glue (contrastive.cpp) and the device code compile separately. Every launcher returns
 // cudaGetLastError() of its launches (cudaSuccess when there is nothing to do).

@@ -23,7 +23,7 @@
 
 #include "graddrop_kernels.h"
 #include "regops/checks.h"
-#include "regops/op_checks.h"
+#include "regops/graddrop_checks.h"
 
 namespace regops {
 namespace {

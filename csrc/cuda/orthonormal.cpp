@@ -7,18 +7,17 @@
                                   // cuSPARSE/cuBLAS headers (absent from some CUDA_HOME installs)
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <string>
 #include <tuple>
 
 #include "orthonormal_kernels.h"
 #include "regops/checks.h"
+#include "regops/orthonormal_checks.h"
 
 namespace regops {
 namespace {
 
-constexpr const char* kOp = "orthonormal_penalty";  // the same op name as the CPU kernel's messages
+constexpr const char* kOp = kOrthonormalOp;
 
 ortho_cuda::Dtype kernel_dtype(at::ScalarType s) {
   switch (s) {
@@ -31,26 +30,8 @@ ortho_cuda::Dtype kernel_dtype(at::ScalarType s) {
   return ortho_cuda::Dtype::kFloat32;  // unreachable
 }
 
-// On CUDA the finiteness check costs a host sync, so it runs only on request (as regops._checks says).
-bool check_finite_requested() {
-  const char* v = std::getenv("REGOPS_CHECK_FINITE");
-  return v != nullptr && std::strcmp(v, "1") == 0;
-}
-
-void check_mats(const at::Tensor& mats) {
-  check_dim(kOp, "mats", mats, 3);
-  check_float_dtype(kOp, "mats", mats);
-  check_device(kOp, "mats", mats, c10::DeviceType::CUDA);
-}
-
-// A second tensor must sit on the very device of mats: the kernels dereference its pointer there.
-void check_same_device(const char* arg, const at::Tensor& t, const at::Tensor& mats) {
-  REGOPS_CHECK_DEVICE(t.device() == mats.device(), kOp, arg, "device " + c10::str(mats.device()) + " (as mats)",
-                      describe(t));
-}
-
 std::tuple<at::Tensor, at::Tensor> orthonormal_penalty_fwd_cuda(const at::Tensor& mats, bool squared) {
-  check_mats(mats);
+  check_orthonormal_fwd(mats, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(mats.device());
   const int64_t L = mats.size(0), p = mats.size(1), q = mats.size(2);
   const auto acc = acc_type(mats.scalar_type());
@@ -63,34 +44,15 @@ std::tuple<at::Tensor, at::Tensor> orthonormal_penalty_fwd_cuda(const at::Tensor
       mats.stride(2), squared, values.mutable_data_ptr(), residual.mutable_data_ptr(),
       at::cuda::getCurrentCUDAStream().stream()));
 
-  if (check_finite_requested()) {
-    const auto finite = at::isfinite(values);
-    if (!finite.all().item<bool>()) {
-      const int64_t bad = at::logical_not(finite).nonzero()[0][0].item<int64_t>();  // first bad matrix
-      REGOPS_CHECK_VALUE(false, kOp, "mats", "finite values",
-                         "a non-finite penalty for matrix " + std::to_string(bad) +
-                             " (the input holds NaN/Inf or overflows)");
-    }
-  }
+  check_finite_result(kOp, "mats", values, "penalty for matrix");
   return {values, residual};
 }
 
 at::Tensor orthonormal_penalty_bwd_cuda(const at::Tensor& grad_values, const at::Tensor& mats,
                                         const at::Tensor& residual, bool squared) {
-  check_mats(mats);
+  check_orthonormal_bwd(grad_values, mats, residual, c10::DeviceType::CUDA);
   const int64_t L = mats.size(0), p = mats.size(1), q = mats.size(2);
-  REGOPS_CHECK_VALUE(grad_values.dim() == 1 && grad_values.size(0) == L, kOp, "grad_values",
-                     "shape (" + std::to_string(L) + ")", describe(grad_values));
-  check_float_dtype(kOp, "grad_values", grad_values);
-  check_same_device("grad_values", grad_values, mats);
-  REGOPS_CHECK_VALUE(residual.dim() == 3 && residual.size(0) == L && residual.size(1) == p && residual.size(2) == p,
-                     kOp, "residual",
-                     "shape (" + std::to_string(L) + ", " + std::to_string(p) + ", " + std::to_string(p) + ")",
-                     describe(residual));
   const auto acc = acc_type(mats.scalar_type());
-  REGOPS_CHECK_TYPE(residual.scalar_type() == acc, kOp, "residual", "dtype " + c10::str(acc) + " (the accumulation dtype of mats)",
-                    describe(residual));
-  check_same_device("residual", residual, mats);
 
   const c10::cuda::CUDAGuard guard(mats.device());
   // Same shape and strides as mats (empty_like keeps the strides of a dense view, e.g. a transpose);

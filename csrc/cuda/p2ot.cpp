@@ -13,7 +13,7 @@
 
 #include "p2ot_kernels.h"
 #include "regops/checks.h"
-#include "regops/op_checks.h"
+#include "regops/p2ot_checks.h"
 
 namespace regops {
 namespace {

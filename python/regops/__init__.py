@@ -4,17 +4,17 @@ from importlib.metadata import PackageNotFoundError, version as _version
 from . import _loader  # loads the compiled ops (or notes their absence) before the ops register
 from ._loader import empty_cache
 from .ops.conr import conr_loss
-from .ops.contrastive import focal_supcon_loss, supcon_loss
+from .ops.supcon import focal_supcon_loss, supcon_loss
 from .ops.hard_pair_mixup import HardPairMixup, hard_pair_mixup
 from .ops.graddrop import graddrop_, graddrop_keep_prob
 from .ops.monge_gap import monge_gap, monge_gap_map
-from .ops.p2ot import P2OT, P2OTState, p2ot_plan, rho_schedule, sp2ot_plan, topk_gaussian_similarity
+from .ot.p2ot import P2OT, P2OTState, p2ot_plan, rho_schedule, sp2ot_plan, topk_gaussian_similarity
 from .ops.orthonormal import orthonormal_penalty
 from .ops.sorsa import sorsa_ortho_loss, sorsa_regularize_
 from . import nn
 from . import ot
 from . import masktune
-from .masktune import kd_loss
+from .ops.kd import kd_loss
 from .ops import _autograd
 
 _autograd.register_all()

@@ -8,25 +8,9 @@ from pathlib import Path
 import torch
 
 
-def ops_table():
-    """Every public op and the kernels registry it dispatches through."""
-    from .ops.conr import KERNELS as CONR
-    from .ops.contrastive import FOCAL_KERNELS, SUPCON_KERNELS
-    from .ops.orthonormal import KERNELS as ORTHO
-    from .ops.sorsa import REG_KERNELS
-    from .ops.graddrop import KERNELS as GRADDROP
-    from .ops.p2ot import KERNELS as P2OT
-    from .ot._backend import KERNELS as OT
-    return {"orthonormal_penalty": ORTHO, "sorsa_ortho_loss": ORTHO, "sorsa_regularize_": REG_KERNELS,
-            "conr_loss": CONR, "supcon_loss": SUPCON_KERNELS, "focal_supcon_loss": FOCAL_KERNELS,
-            "hard_pair_mixup": {}, "ot.sinkhorn": OT, "ot.sinkhorn_from_cost": OT, "ot.sinkhorn_divergence": OT,
-            "monge_gap": OT, "p2ot_plan": P2OT, "sp2ot_plan": P2OT,
-            "graddrop_": GRADDROP, "graddrop_keep_prob": GRADDROP}
-
-
 def info() -> None:
     import regops
-    from . import _loader
+    from . import _loader, _registry
 
     print(f"regops {regops.__version__}")
     print(f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'}; GPU present: {torch.cuda.is_available()})")
@@ -47,18 +31,17 @@ def info() -> None:
         print(f"triton {triton.__version__}: {mode}")
     else:
         print("triton: not installed")
-    validated = sorted(_loader.gpu_validated())
+    validated = sorted(_registry.gpu_validated())
     print("GPU-validated kernels (auto picks these on CUDA): " + (", ".join(f"{o}:{i}" for o, i in validated) or "none"))
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print()
-    header = f"{'op':<24}" + "".join(f"{d.type + ':' + i:>16}" for d in devices for i in _loader.IMPLS)
+    header = f"{'op':<24}{'engine':<13}" + "".join(f"{d.type + ':' + i:>16}" for d in devices for i in _registry.IMPLS)
     print(header)
-    for name, kernels in ops_table().items():
-        row = f"{name:<24}"
+    for name, spec in _registry.OPS.items():
+        row = f"{name:<24}{spec.engine.name if spec.engine else '-':<13}"
         for d in devices:
-            for impl in _loader.IMPLS:
-                ok = _loader.impl_available(name, impl, d, kernels)[0]
-                row += f"{('yes' if ok else '-'):>16}"
+            for impl in _registry.IMPLS:
+                row += f"{('yes' if _registry.available(name, impl, d)[0] else '-'):>16}"
         print(row)
 
 

@@ -1,22 +1,12 @@
-"""Loads the compiled ops and picks an impl for each call.
-
-Impl rules (the same for every op):
-- ``impl="<name>"`` asks for that impl and raises if it cannot run here.
-- ``REGOPS_IMPL`` is a preference: used when it can run, else auto.
-- auto: on CPU tensors the C++ kernel if built, else the reference; on CUDA tensors a CUDA or Triton
-  kernel only if ``gpu_validated.txt`` lists it for that op (it passed its tests on a real GPU), else
-  the reference. No kernel that has never run on a GPU is chosen silently.
-"""
+"""Loads the compiled ops and answers what this build and this process can run: compiled kernels per dispatch
+key, Triton, and whether Triton is interpreted. Which impl a call gets is _registry.py's business."""
 from __future__ import annotations
 
 import importlib.util
 import os
 from functools import lru_cache
-from pathlib import Path
 
 import torch
-
-IMPLS = ("reference", "cpu", "cuda", "triton")
 
 _C = None
 LIBRARY_PATH = None  # set when REGOPS_OPS_LIBRARY (the CMake build) is loaded instead of _C
@@ -71,77 +61,8 @@ def triton_available() -> bool:
 
 
 def triton_interpreted() -> bool:
+    """TRITON_INTERPRET=1: Triton kernels run on CPU tensors, interpreted (it must be set before triton's import)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def gpu_validated_path() -> Path:
-    return Path(__file__).with_name("gpu_validated.txt")
-
-
-@lru_cache(None)
-def gpu_validated() -> frozenset:
-    """(op, impl) pairs that passed their tests on a real GPU (written by scripts/gpu_check.sh)."""
-    path = gpu_validated_path()
-    pairs = set()
-    if path.exists():
-        for line in path.read_text().splitlines():
-            line = line.split("#", 1)[0].split()
-            if len(line) == 2:
-                pairs.add((line[0], line[1]))
-    return frozenset(pairs)
-
-
-def impl_available(op: str, impl: str, device: torch.device, kernels: dict) -> tuple[bool, str]:
-    """Can `impl` run `op` on `device`? `kernels` maps impl -> compiled qualname or a checker."""
-    if impl == "reference":
-        return True, ""
-    if impl not in kernels:
-        return False, f"regops.{op} has no {impl} kernel"
-    if impl == "cpu":
-        if device.type != "cpu":
-            return False, f"the cpu kernel takes CPU tensors, got device {device}"
-        if not has_kernel(kernels["cpu"], "CPU"):
-            return False, "this build has no compiled CPU kernels (regops._C is missing: " + str(LOAD_ERROR) + ")"
-        return True, ""
-    if impl == "cuda":
-        if device.type != "cuda":
-            return False, f"the cuda kernel takes CUDA tensors, got device {device}"
-        if not has_kernel(kernels["cuda"], "CUDA"):
-            return False, "this build has no CUDA kernels (built with REGOPS_NO_CUDA=1 or without nvcc)"
-        return True, ""
-    if impl == "triton":
-        if not triton_available():
-            return False, "triton is not installed"
-        if not hasattr(torch.ops.regops, kernels["triton"]):
-            return False, f"the triton op regops::{kernels['triton']} is not registered"
-        if device.type == "cpu" and not triton_interpreted():
-            return False, "the triton kernel runs on CPU tensors only under TRITON_INTERPRET=1"
-        if device.type not in ("cpu", "cuda"):
-            return False, f"the triton kernel takes CUDA tensors, got device {device}"
-        return True, ""
-    return False, f"unknown impl {impl!r}"
-
-
-def resolve_impl(op: str, impl, device: torch.device, kernels: dict) -> str:
-    """Pick the impl for one call (see the module docstring)."""
-    if impl is not None and impl != "auto":
-        if impl not in IMPLS:
-            raise ValueError(f"regops.{op}: impl: expected one of None, 'auto', " + ", ".join(repr(i) for i in IMPLS) + f", got {impl!r}")
-        ok, why = impl_available(op, impl, device, kernels)
-        if not ok:
-            raise RuntimeError(f"regops.{op}: impl: expected an impl that can run here, got {impl!r}: {why}")
-        return impl
-    pref = os.environ.get("REGOPS_IMPL", "auto")
-    if pref not in ("auto", "") and pref in IMPLS and impl_available(op, pref, device, kernels)[0]:
-        return pref
-    if device.type == "cuda":
-        for cand in ("cuda", "triton"):
-            if (op, cand) in gpu_validated() and impl_available(op, cand, device, kernels)[0]:
-                return cand
-        return "reference"
-    if device.type == "cpu" and impl_available(op, "cpu", device, kernels)[0]:
-        return "cpu"
-    return "reference"
 
 
 def empty_cache() -> None:

@@ -19,6 +19,7 @@ from torch.nn.utils import parametrize
 
 from . import _checks
 from .ops.graddrop import graddrop_
+from .ops.kd import kd_loss  # noqa: F401  (the reg loss of R-AMT's step; lives with the losses)
 
 PRESETS = ("clip_vit",)
 
@@ -207,34 +208,3 @@ def step(model: nn.Module, task_loss: torch.Tensor, reg_loss: torch.Tensor, opti
             s.grad = torch.zeros_like(s)
     graddrop_(ss, [s.grad for s in ss], g_b, lam=lam, generator=generator, impl=impl)
     optimizer.step()
-
-
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float = 1.0,
-            kind: str = "soft_ce") -> torch.Tensor:
-    """Knowledge distillation, batch mean, teacher detached. "soft_ce" (the official value):
-    −Σ softmax(t/T)·log_softmax(s/T)·T²; "kl" subtracts the teacher's entropy term (same student gradient)."""
-    op = "kd_loss"
-    _checks.check_choice(op, "kind", kind, ("soft_ce", "kl"))
-    for arg, t in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
-        _checks.check_tensor(op, arg, t)
-        if not t.is_floating_point():
-            _checks.fail(op, arg, "a floating-point tensor", _checks.dtype_name(t.dtype), TypeError)
-    if student_logits.shape != teacher_logits.shape:
-        _checks.fail(op, "teacher_logits", f"shape {tuple(student_logits.shape)} (as student_logits)",
-                     f"shape {tuple(teacher_logits.shape)}")
-    if teacher_logits.device != student_logits.device:
-        _checks.fail(op, "teacher_logits", f"device {student_logits.device} (as student_logits)",
-                     f"device {teacher_logits.device}", RuntimeError)
-    if student_logits.dim() == 0 or student_logits.shape[-1] == 0 or student_logits.numel() == 0:
-        _checks.fail(op, "student_logits", "at least one sample of at least one class (..., C)",
-                     f"shape {tuple(student_logits.shape)}")
-    T = _checks.number(op, "T", T, low=0, low_open=True, what="a finite positive temperature")
-    for arg, t in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
-        _checks.check_finite_eager(op, arg, t.detach())
-    acc = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
-    p_t = torch.softmax(teacher_logits.detach().to(acc) / T, dim=-1)
-    log_s = torch.log_softmax(student_logits.to(acc) / T, dim=-1)
-    per = -(p_t * log_s).sum(-1)
-    if kind == "kl":
-        per = per + torch.special.xlogy(p_t, p_t).sum(-1)
-    return per.mean() * (T * T)

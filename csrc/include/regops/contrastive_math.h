@@ -1,4 +1,4 @@
-// Per-element and per-row math of the pairwise contrastive engine (ConR, SupCon, focal SupCon), shared by
+// Per-element and per-row math of the contrastive engine (ConR, SupCon, focal SupCon), shared by
 // the C++ and CUDA kernels so that the CPU tests also check the CUDA math. CUDA headers only: no ATen here.
 //
 // Anchors a_i (i < n) against candidates c_j (j < M); anchor i is candidate `offset + i` (its diagonal).

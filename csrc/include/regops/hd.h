@@ -6,3 +6,10 @@
 #else
 #define REGOPS_HD inline
 #endif
+
+// Host loops that must inline into their SIMD callers (the CPU kernels).
+#if defined(__GNUC__) || defined(__clang__)
+#define REGOPS_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define REGOPS_ALWAYS_INLINE inline
+#endif

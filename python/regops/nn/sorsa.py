@@ -77,6 +77,10 @@ class SORSALinear(nn.Module):
                 layer.bias.copy_(linear.bias)
         return layer
 
+    def sorsa_factors(self) -> tuple:
+        """(A, B): what regops.sorsa_regularize_ regularizes (it finds SORSA layers by this method)."""
+        return self.A, self.B
+
     def delta_weight(self) -> torch.Tensor:
         return self.scale * (self.B * self.S) @ self.A
 

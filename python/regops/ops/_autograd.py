@@ -1,19 +1,19 @@
 """Autograd for every compiled op that has no formula of its own, so that no call falls through to torch's
-"autograd kernel was not registered" warning and a silently missing gradient.
+"autograd kernel was not registered" warning and a silently missing gradient. What each op gets is the
+registry's (``Engine.autograd`` in _registry.py):
 
-- Backward ops (``*_bwd``, ``sinkhorn_cost_grad``): a gradient reaching them is a double backward
-  (``create_graph=True``, e.g. a gradient penalty). The compiled kernels are differentiable once, so it raises
-  and names the impl that is differentiable twice: the reference.
-- Solver steps (``sinkhorn_update*``, ``sinkhorn_apply``, ``p2ot_scaling_pass``, ``graddrop_keep_prob``) run
-  where no gradient is wanted; a gradient reaching one raises as well.
-- Mutating ops (``orthonormal_grad_accumulate_``, ``graddrop_apply_``) cannot take an autograd formula; their
-  Autograd kernel runs them below autograd, so their outputs never require grad (they write gradients, they
-  are not differentiated).
+- "double_backward" (the backward ops): a gradient reaching them is a double backward (``create_graph=True``,
+  e.g. a gradient penalty). The compiled kernels are differentiable once, so it raises and names the impl that
+  is differentiable twice: the reference.
+- "no_grad" (solver steps, run where no gradient is wanted): a gradient reaching one raises as well.
+- "mutating" (they write gradients, they are not differentiated): their Autograd kernel runs them below autograd,
+  so their outputs never require grad.
 """
 from __future__ import annotations
 
 import torch
 
+from .. import _registry
 from .._loader import schema_registered
 
 DOUBLE_BACKWARD = ("double backward (a gradient of this op's gradient, as create_graph=True asks for) is not "
@@ -52,34 +52,20 @@ def run_below_autograd(name: str) -> None:
     _LIB.impl(name, kernel, "Autograd")
 
 
-# (op, public op named in the error, message, what) for the compiled library's ops
-_COMPILED = (
-    ("orthonormal_penalty_bwd", "orthonormal_penalty", DOUBLE_BACKWARD, None),
-    ("contrastive_bwd", "conr_loss/supcon_loss/focal_supcon_loss", DOUBLE_BACKWARD, None),
-    ("sinkhorn_cost_grad", "ot.sinkhorn", DOUBLE_BACKWARD, None),
-    ("sinkhorn_update", "ot.sinkhorn", NOT_DIFFERENTIABLE, "a Sinkhorn potential update"),
-    ("sinkhorn_update_dense", "ot.sinkhorn_from_cost", NOT_DIFFERENTIABLE, "a Sinkhorn potential update"),
-    ("sinkhorn_apply", "ot.apply_plan", NOT_DIFFERENTIABLE, "the streamed plan product P·v"),
-    ("p2ot_scaling_pass", "p2ot_plan", NOT_DIFFERENTIABLE, "the scaling pass"),
-    ("graddrop_keep_prob", "graddrop_keep_prob", NOT_DIFFERENTIABLE, "the keep probability"),
-)
-_MUTATING = ("orthonormal_grad_accumulate_", "graddrop_apply_")
-# the Triton custom ops raise torch's "no autograd formula" by default: these say which op and what to do
-_TRITON = tuple((name + "_triton", public, message, what) for name, public, message, what in _COMPILED
-                if name not in ("orthonormal_penalty_bwd", "contrastive_bwd")) + (
-    ("orthonormal_penalty_bwd_triton", "orthonormal_penalty", DOUBLE_BACKWARD, None),
-    ("contrastive_bwd_triton", "conr_loss/supcon_loss/focal_supcon_loss", DOUBLE_BACKWARD, None),
-)
-
-
 def register_all() -> None:
-    """Called once by regops/__init__.py, after every op module has registered its ops."""
-    for name, public, message, what in _COMPILED:
-        if schema_registered(name):
-            raise_on_backward(name, public, message.replace("{what}", what or ""), "compiled (cpu, cuda)")
-    for name in _MUTATING:
-        if schema_registered(name):
-            run_below_autograd(name)
-    for name, public, message, what in _TRITON:
-        if hasattr(torch.ops.regops, name):
-            raise_on_backward(name, public, message.replace("{what}", what or ""), "triton")
+    """Called once by regops/__init__.py, after every op module has registered its ops: each role's treatment is
+    the registry's (Engine.autograd)."""
+    for engine in _registry.ENGINES:
+        for role, rule in engine.autograd.items():
+            for impl, label in (("cpu", "compiled (cpu, cuda)"), ("triton", "triton")):
+                name = engine.ops.get(impl, {}).get(role)
+                if name is None or rule.kind == "formula":
+                    continue
+                if not (schema_registered(name) if impl == "cpu" else hasattr(torch.ops.regops, name)):
+                    continue
+                if rule.kind == "mutating":
+                    if impl == "cpu":  # a Triton custom_op that mutates runs below autograd already
+                        run_below_autograd(name)
+                    continue
+                message = DOUBLE_BACKWARD if rule.kind == "double_backward" else NOT_DIFFERENTIABLE
+                raise_on_backward(name, rule.public, message.replace("{what}", rule.what), label)

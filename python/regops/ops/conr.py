@@ -2,21 +2,19 @@
 
 Semantics are the official code's (BorealisAI/ConR), with two documented departures: an anchor with no
 positive contributes 0 (the official code gives NaN), and every sum is max-shifted (equal in value).
-The kernels are the pairwise contrastive engine's (ops/_pairwise.py): the similarity is streamed in tiles
+The kernels are the contrastive engine's (ops/_contrastive.py): the similarity is streamed in tiles
 and only O(N) row statistics are saved, never an N×N tensor.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .. import _checks
-from . import _pairwise
+from .._constants import acc_dtype
+from . import _contrastive
 
 OP = "conr_loss"
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-KERNELS = _pairwise.KERNELS
 # The official training values: agedb/imdb (τ, ω, push) and nyud2.
 VARIANT_DEFAULTS = {"agedb": (0.07, 1.0, 0.01), "nyud2": (0.2, 0.2, 0.2)}
 
@@ -43,7 +41,7 @@ def conr_loss(features, labels, preds, weights=None, *, temperature=None, thresh
     With `process_group`, anchors are this rank's rows and candidates the rows of every rank (equal row counts
     per rank); the value is this rank's share, and the mean over ranks equals the loss of the whole batch."""
     _checks.check_choice(OP, "variant", variant, tuple(VARIANT_DEFAULTS))
-    n = _pairwise.check_features(OP, features, DTYPES)
+    n = _contrastive.check_features(OP, features, DTYPES)
     labels = _check_targets("labels", labels, n, features)
     preds = _check_targets("preds", preds, n, features)
     if labels.shape != preds.shape:
@@ -72,13 +70,13 @@ def conr_loss(features, labels, preds, weights=None, *, temperature=None, thresh
     if weights is not None and not torch.compiler.is_compiling() and _checks.check_finite_enabled(weights.device) \
             and bool((weights < 0).any()):
         _checks.fail(OP, "weights", "weights >= 0 (their log enters the denominator)", f"min {weights.min().item()}")
-    acc = _pairwise.acc_dtype(features.dtype)
+    acc = acc_dtype(features.dtype)
     as_rows = lambda t: t.detach().to(acc).reshape(n, -1).contiguous()  # noqa: E731  (n,) -> (n, 1)
     w = weights.detach().to(acc).contiguous() if weights is not None else None
-    kind = _pairwise.CONR_AGEDB if variant == "agedb" else _pairwise.CONR_NYUD2
-    rows, n_pos, world, m = _pairwise.row_losses(
+    kind = _contrastive.CONR_AGEDB if variant == "agedb" else _contrastive.CONR_NYUD2
+    rows, n_pos, world, m = _contrastive.row_losses(
         OP, kind, features, as_rows(labels), as_rows(preds), w, temperature=float(temperature),
         threshold=float(threshold), push=float(push), label_norm=float(label_norm), process_group=process_group,
         impl=impl)
-    loss = _pairwise.reduce_loss(kind, rows, n_pos, w, world, m, process_group)
+    loss = _contrastive.reduce_loss(kind, rows, n_pos, w, world, m, process_group)
     return loss.to(features.dtype)

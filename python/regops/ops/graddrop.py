@@ -15,34 +15,20 @@ from typing import Sequence
 
 import torch
 
-from .. import _checks
-from .._loader import resolve_impl, schema_registered, triton_available
+from .. import _checks, _registry
+from .._loader import schema_registered, triton_available
+from ..contracts import graddrop as contract
 from ..reference import graddrop as reference
 
 OP = "graddrop_"
-KERNELS = {"cpu": "graddrop_apply_", "cuda": "graddrop_apply_", "triton": "graddrop_apply_triton"}
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 if schema_registered("graddrop_apply_"):
-    @torch.library.register_fake("regops::graddrop_apply_")
-    def _fake_apply(out, grads_task, grads_reg, lam, seed):
-        return torch.empty((len(out),), dtype=torch.int64, device=out[0].device if out else "cpu")
-
-    @torch.library.register_fake("regops::graddrop_keep_prob")
-    def _fake_keep_prob(grad_task, grad_reg):
-        return torch.empty_like(grad_task)
+    torch.library.register_fake("regops::graddrop_apply_")(contract.fake_apply)
+    torch.library.register_fake("regops::graddrop_keep_prob")(contract.fake_keep_prob)
 
 if triton_available() and importlib.util.find_spec("regops.triton.graddrop") is not None:
     from ..triton import graddrop as _triton_graddrop  # noqa: F401  (registers the triton ops)
-
-
-@torch._dynamo.assume_constant_result
-def _resolve(impl, device_type: str) -> str:
-    return resolve_impl(OP, impl, torch.device(device_type), KERNELS)
-
-
-def _pick(impl, device):
-    return _resolve(impl, device.type)
 
 
 def graddrop_keep_prob(g_task: torch.Tensor, g_reg: torch.Tensor, *, impl=None) -> torch.Tensor:
@@ -56,13 +42,11 @@ def graddrop_keep_prob(g_task: torch.Tensor, g_reg: torch.Tensor, *, impl=None) 
     _checks.check_same(op, "grads", [g_task, g_reg])
     _checks.check_finite_eager(op, "g_task", g_task)
     _checks.check_finite_eager(op, "g_reg", g_reg)
-    chosen = _pick(impl, g_task.device)
+    chosen = _registry.pick(op, impl, g_task, "g_task")
     g_task, g_reg = g_task.detach(), g_reg.detach()
     if chosen == "reference":
         return reference.keep_prob(g_task, g_reg).to(g_task.dtype)
-    if chosen == "triton":
-        return torch.ops.regops.graddrop_keep_prob_triton(g_task, g_reg)
-    return torch.ops.regops.graddrop_keep_prob(g_task, g_reg)
+    return _registry.kernel("graddrop", chosen, "keep_prob")(g_task, g_reg)
 
 
 def _seed(generator) -> int:
@@ -117,7 +101,7 @@ def graddrop_(params: Sequence[torch.Tensor], grads_task: Sequence[torch.Tensor]
         if p.device != params[0].device:
             _checks.fail(OP, f"params[{i}]", f"device {params[0].device} (as params[0])", f"device {p.device}",
                          RuntimeError)
-    chosen = _pick(impl, params[0].device)
+    chosen = _registry.pick(OP, impl, params[0], "params")
     seed = _seed(generator)
     in_place = nonfinite == "raise"
     outs = []
@@ -137,8 +121,7 @@ def graddrop_(params: Sequence[torch.Tensor], grads_task: Sequence[torch.Tensor]
                 o.copy_(reference.apply(a, b, float(lam), seed, t))
             counts = torch.tensor(counts)
         else:
-            fn = torch.ops.regops.graddrop_apply_triton if chosen == "triton" else torch.ops.regops.graddrop_apply_
-            counts = fn(outs, [a.contiguous() for a in grads_task], [b.contiguous() for b in grads_reg], float(lam),
+            counts = _registry.kernel("graddrop", chosen, "apply")(outs, [a.contiguous() for a in grads_task], [b.contiguous() for b in grads_reg], float(lam),
                         seed)
     bad = counts.nonzero().flatten().tolist() if not torch.compiler.is_compiling() else []
     if bad and nonfinite == "skip":

@@ -55,12 +55,12 @@ import torch
 import torch.nn.functional as F
 
 from .. import _checks
-from .._loader import resolve_impl
+from .._constants import acc_dtype
+from .. import _registry
 
 OP = "hard_pair_mixup"
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
-KERNELS: dict = {}  # reference only
 MINING = ("official", "strict")
 BLOCK_ROWS = 1024  # rows of the similarity matrix held at once while choosing pairs ...
 BLOCK_ELEMS = 1 << 25  # ... fewer when N is so large that BLOCK_ROWS·N would pass this
@@ -70,10 +70,6 @@ class HardPairMixup(NamedTuple):
     features: torch.Tensor     # (3N, D), features' dtype: [originals; random-pair mixes; hard-pair mixes]
     soft_labels: torch.Tensor  # (3N, C), fp32 (fp64 for fp64 features): the mixed one-hot labels
     groups: torch.Tensor       # (3N,), int64: equal exactly when the soft-label rows are equal
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def draw(n: int, alpha: float, generator, device: torch.device):
@@ -163,7 +159,7 @@ def hard_pair_mixup(features, labels, *, num_classes: int | None = None, mixup_a
         _checks.fail(OP, "detach_originals", "a bool", repr(detach_originals), TypeError)
     if generator is not None and not isinstance(generator, torch.Generator):
         _checks.fail(OP, "generator", "None or a torch.Generator", type(generator).__name__, TypeError)
-    resolve_impl(OP, impl, features.device, KERNELS)  # only the reference: a named kernel impl raises
+    _registry.resolve_impl(OP, impl, features.device)  # only the reference: a named kernel impl raises
     _checks.check_finite_eager(OP, "features", features)
     labels = labels.detach().to(torch.int64)
     if num_classes is None or (not torch.compiler.is_compiling() and _checks.check_finite_enabled(labels.device)):

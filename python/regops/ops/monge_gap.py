@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 
 from .. import _checks
+from .._constants import COSINE_RIDGE, COST_IDS
 from ..ot import _solver
-from ..reference import sinkhorn as reference
 
 
 def paired_cost(x: torch.Tensor, y: torch.Tensor, cost: str) -> torch.Tensor:
@@ -20,7 +20,7 @@ def paired_cost(x: torch.Tensor, y: torch.Tensor, cost: str) -> torch.Tensor:
         pos = sq > 0
         return torch.where(pos, torch.where(pos, sq, torch.ones_like(sq)).sqrt(), torch.zeros_like(sq))
     nx, ny = x.norm(dim=-1), y.norm(dim=-1)
-    return 1 - (x * y).sum(-1) / (nx * ny + reference.COSINE_RIDGE)
+    return 1 - (x * y).sum(-1) / (nx * ny + COSINE_RIDGE)
 
 
 def monge_gap(x, y, *, cost="sqeuclidean", eps=None, relative_epsilon=None, max_iter=2000, tol=1e-3,
@@ -35,7 +35,7 @@ def monge_gap(x, y, *, cost="sqeuclidean", eps=None, relative_epsilon=None, max_
     if x.shape != y.shape:
         _checks.fail(op, "y", f"the shape of x {tuple(x.shape)} (y = T(x) is row-paired with x)",
                      f"shape {tuple(y.shape)}")
-    _checks.check_choice(op, "cost", cost, _solver.COSTS)
+    _checks.check_choice(op, "cost", cost, tuple(COST_IDS))
     out = _solver._sinkhorn(op, x, y, eps=eps, relative_epsilon=relative_epsilon, cost=cost, tau_a=1.0, tau_b=1.0,
                             max_iter=max_iter, tol=tol, check_every=10, eps_schedule=None, init=None,
                             on_nonconvergence=on_nonconvergence, impl=impl)

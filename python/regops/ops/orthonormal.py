@@ -9,23 +9,14 @@ from collections import defaultdict
 
 import torch
 
-from .. import _checks
-from .._loader import has_compiled_ops, resolve_impl, triton_available
+from .. import _checks, _registry
+from .._constants import acc_dtype
+from .._loader import has_compiled_ops, triton_available
+from ..contracts import orthonormal as contract
 from ..reference import orthonormal as reference
 
 OP = "orthonormal_penalty"
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
-KERNELS = {"cpu": "orthonormal_penalty_fwd", "cuda": "orthonormal_penalty_fwd", "triton": "orthonormal_penalty_fwd_triton"}
-
-
-def _fake_fwd(mats, squared):
-    acc = reference.acc_dtype(mats.dtype)
-    L, p, _ = mats.shape
-    return mats.new_empty((L,)), mats.new_empty((L, p, p), dtype=acc)
-
-
-def _fake_bwd(grad_values, mats, residual, squared):
-    return torch.empty_like(mats)
 
 
 def _setup_context(ctx, inputs, output):
@@ -46,8 +37,8 @@ def _make_backward(bwd_op):
 
 
 if has_compiled_ops():
-    torch.library.register_fake("regops::orthonormal_penalty_fwd")(_fake_fwd)
-    torch.library.register_fake("regops::orthonormal_penalty_bwd")(_fake_bwd)
+    torch.library.register_fake("regops::orthonormal_penalty_fwd")(contract.fake_fwd)
+    torch.library.register_fake("regops::orthonormal_penalty_bwd")(contract.fake_bwd)
     torch.library.register_autograd(
         "regops::orthonormal_penalty_fwd",
         _make_backward(lambda *a: torch.ops.regops.orthonormal_penalty_bwd(*a)),
@@ -64,14 +55,9 @@ if triton_available():
     )
 
 
-@torch._dynamo.assume_constant_result
-def _pick(impl, device_type: str) -> str:
-    return resolve_impl(OP, impl, torch.device(device_type), KERNELS)
-
-
 def penalty_rows(x: torch.Tensor, squared: bool, impl) -> torch.Tensor:
     """Per-matrix penalty of X (L, p, q) on its rows, through the chosen impl. Returns (L,)."""
-    chosen = _pick(impl, x.device.type)
+    chosen = _registry.pick(OP, impl, x, "mats")
     if chosen == "reference":
         _checks.check_finite_eager(OP, "mats", x)
         values = reference.orthonormal_penalty_rows(x, squared)
@@ -82,9 +68,7 @@ def penalty_rows(x: torch.Tensor, squared: bool, impl) -> torch.Tensor:
                 _checks.fail(OP, "mats", "finite values", f"a non-finite penalty for matrix {int(bad.nonzero()[0])} "
                              "(the input holds NaN/Inf or overflows)")
         return values
-    if chosen == "triton":
-        return torch.ops.regops.orthonormal_penalty_fwd_triton(x, squared)[0]
-    return torch.ops.regops.orthonormal_penalty_fwd(x, squared)[0]
+    return _registry.kernel("orthonormal", chosen, "fwd")(x, squared)[0]
 
 
 def _check_matrix(arg: str, t) -> None:

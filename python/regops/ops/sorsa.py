@@ -6,15 +6,12 @@ from collections import defaultdict
 
 import torch
 
-from .. import _checks
-from .._loader import has_compiled_ops, resolve_impl
+from .. import _checks, _registry
+from .._loader import has_compiled_ops
 from ..reference import orthonormal as reference
-from .orthonormal import KERNELS as PENALTY_KERNELS
 from .orthonormal import orthonormal_penalty
 
 REG_OP = "sorsa_regularize_"
-REG_KERNELS = {"cpu": "orthonormal_grad_accumulate_", "cuda": "orthonormal_penalty_fwd",
-               "triton": "orthonormal_penalty_fwd_triton"}
 
 if has_compiled_ops():
     @torch.library.register_fake("regops::orthonormal_grad_accumulate_")
@@ -47,15 +44,19 @@ def sorsa_ortho_loss(As, Bs, *, impl=None) -> torch.Tensor:
     return total / (2 * n_a)
 
 
-def _factor_pairs(model_or_params):
-    from ..nn.sorsa import SORSALinear
+def _sorsa_factors(module):
+    """(A, B) of a module that declares them (nn.SORSALinear), else None; ops/ does not import nn/."""
+    factors = getattr(module, "sorsa_factors", None)
+    return factors() if callable(factors) else None
 
+
+def _factor_pairs(model_or_params):
     if isinstance(model_or_params, torch.nn.Module):
-        return [(m.A, m.B) for m in model_or_params.modules() if isinstance(m, SORSALinear)]
+        return [f for f in map(_sorsa_factors, model_or_params.modules()) if f is not None]
     pairs = []
     for i, item in enumerate(model_or_params):
-        if isinstance(item, SORSALinear):
-            pairs.append((item.A, item.B))
+        if isinstance(item, torch.nn.Module) and _sorsa_factors(item) is not None:
+            pairs.append(_sorsa_factors(item))
         elif isinstance(item, (tuple, list)) and len(item) == 2:
             pairs.append(tuple(item))
         else:
@@ -96,7 +97,7 @@ def sorsa_regularize_(model_or_params, gamma: float, lr: float, *, impl=None) ->
         grads += [a.grad, b.grad.t()]
     _checks.check_same(REG_OP, "params", mats)
     scale = float(gamma) / (float(lr) * 2 * len(pairs))
-    chosen = resolve_impl(REG_OP, impl, mats[0].device, REG_KERNELS)
+    chosen = _registry.pick(REG_OP, impl, mats[0], "params")
     if chosen == "cpu":
         values = torch.ops.regops.orthonormal_grad_accumulate_(mats, grads, scale, False)
         return values.sum().to(mats[0].dtype) / (2 * len(pairs))
@@ -112,8 +113,7 @@ def sorsa_regularize_(model_or_params, gamma: float, lr: float, *, impl=None) ->
             sumsq, grad = reference.orthonormal_penalty_grad_rows(x, False, g)
             values = sumsq.sqrt()
         else:
-            fwd = torch.ops.regops.orthonormal_penalty_fwd_triton if chosen == "triton" else torch.ops.regops.orthonormal_penalty_fwd
-            bwd = torch.ops.regops.orthonormal_penalty_bwd_triton if chosen == "triton" else torch.ops.regops.orthonormal_penalty_bwd
+            fwd, bwd = _registry.kernel("orthonormal", chosen, "fwd"), _registry.kernel("orthonormal", chosen, "bwd")
             try:
                 values, residual = fwd(x, False)
             except ValueError:  # the kernel's own finiteness check (NaN/Inf, or a finite input that overflows)
@@ -130,5 +130,3 @@ def sorsa_regularize_(model_or_params, gamma: float, lr: float, *, impl=None) ->
         torch._foreach_add_([grads[i] for i in idx], list(grad.unbind(0)))
     return (total / (2 * len(pairs))).to(mats[0].dtype)
 
-
-__all__ = ["sorsa_ortho_loss", "sorsa_regularize_", "PENALTY_KERNELS"]

@@ -16,32 +16,14 @@ import importlib.util
 
 import torch
 
-from .. import _checks
-from .._loader import has_kernel, resolve_impl, schema_registered, triton_available
-from ..reference import sinkhorn as reference
-
-OP = "sinkhorn"
-KERNELS = {"cpu": "sinkhorn_update", "cuda": "sinkhorn_update", "triton": "sinkhorn_update_triton"}
-TRITON_DTYPES = (torch.float32,)
+from .. import _registry
+from ..contracts import sinkhorn as contract
+from .._loader import schema_registered, triton_available
 
 
 if schema_registered("sinkhorn_update"):
-    @torch.library.register_fake("regops::sinkhorn_update")
-    def _fake_update(x, y, pot, log_w, tau, eps, cost):
-        return x.new_empty((x.shape[0], x.shape[1]))
-
-    @torch.library.register_fake("regops::sinkhorn_update_dense")
-    def _fake_update_dense(cost_matrix, pot, log_w, tau, eps, transpose):
-        b, n, m = cost_matrix.shape
-        return cost_matrix.new_empty((b, m if transpose else n))
-
-    @torch.library.register_fake("regops::sinkhorn_cost_grad")
-    def _fake_cost_grad(x, y, f, g, eps, cost):
-        return torch.empty_like(x)
-
-    @torch.library.register_fake("regops::sinkhorn_apply")
-    def _fake_apply(x, y, f, g, v, eps, cost):
-        return x.new_empty((x.shape[0], x.shape[1], v.shape[2]))
+    for _role in ("update", "update_dense", "cost_grad", "apply"):
+        torch.library.register_fake(f"regops::sinkhorn_{_role}")(getattr(contract, f"fake_{_role}"))
 
 _triton = None
 if triton_available() and importlib.util.find_spec("regops.triton.sinkhorn") is not None:
@@ -49,21 +31,14 @@ if triton_available() and importlib.util.find_spec("regops.triton.sinkhorn") is 
 
 
 class Kernels:
-    """The four kernels of one impl."""
+    """The four kernels of one impl (the registry's SINKHORN engine), plus the row marginal helper."""
 
     def __init__(self, impl: str):
         self.impl = impl
-        if impl == "reference":
-            self.update, self.update_dense = reference.update, reference.update_dense
-            self.cost_grad, self.apply = reference.cost_grad, reference.apply
-        elif impl == "triton":
-            ops = torch.ops.regops
-            self.update, self.update_dense = ops.sinkhorn_update_triton, ops.sinkhorn_update_dense_triton
-            self.cost_grad, self.apply = ops.sinkhorn_cost_grad_triton, ops.sinkhorn_apply_triton
-        else:
-            ops = torch.ops.regops
-            self.update, self.update_dense = ops.sinkhorn_update, ops.sinkhorn_update_dense
-            self.cost_grad, self.apply = ops.sinkhorn_cost_grad, ops.sinkhorn_apply
+        self.update = _registry.kernel("sinkhorn", impl, "update")
+        self.update_dense = _registry.kernel("sinkhorn", impl, "update_dense")
+        self.cost_grad = _registry.kernel("sinkhorn", impl, "cost_grad")
+        self.apply = _registry.kernel("sinkhorn", impl, "apply")
 
     def row_lse_potential(self, x, y, pot, eps, cost):
         """−eps·LSE_j((pot_j − c_ij)/eps): the update with log_w = 0, tau = 1 (gives the row marginals)."""
@@ -72,26 +47,13 @@ class Kernels:
 
 
 def precise_impl(chosen: str, device: torch.device) -> str:
-    """The impl that evaluates a float64 pass for `chosen`: itself, except Triton (float32 only), which hands it to
-    the compiled kernel of the same device where there is one."""
-    if chosen != "triton":
-        return chosen
-    compiled = {"cpu": "cpu", "cuda": "cuda"}.get(device.type)
-    return compiled if compiled and has_kernel("sinkhorn_update", device.type.upper()) else "reference"
-
-
-@torch._dynamo.assume_constant_result
-def _resolve(op: str, impl, device_type: str) -> str:
-    return resolve_impl(op, impl, torch.device(device_type), KERNELS)
+    """The impl that evaluates a float64 pass for `chosen` (Triton is float32 only: the compiled kernel of the
+    same device, where there is one)."""
+    return _registry.precise_impl(_registry.SINKHORN, chosen, device)
 
 
 def pick(op: str, impl, t: torch.Tensor) -> str:
-    chosen = _resolve(op, impl, t.device.type)
-    if chosen == "triton" and t.dtype not in TRITON_DTYPES:
-        if impl == "triton":
-            _checks.fail(op, "x", "dtype float32 for impl='triton'", _checks.dtype_name(t.dtype), TypeError)
-        chosen = "reference"
-    return chosen
+    return _registry.pick(op, impl, t, "x")
 
 
 # ---- the differentiable transport mass ΣP ----

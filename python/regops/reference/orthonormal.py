@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import torch
 
+from .._constants import acc_dtype
 
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Low-precision inputs accumulate in float32; float32 and float64 stay as they are."""
-    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
 
 
 def orthonormal_penalty_rows(x: torch.Tensor, squared: bool) -> torch.Tensor:

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import torch
 
-SQEUCLIDEAN, EUCLIDEAN, COSINE = 0, 1, 2
-COST_IDS = {"sqeuclidean": SQEUCLIDEAN, "euclidean": EUCLIDEAN, "cosine": COSINE}
-COSINE_RIDGE = 1e-8
+from .._constants import COSINE, COSINE_RIDGE, EUCLIDEAN, SQEUCLIDEAN  # noqa: F401
 _DIFF_LIMIT = 1 << 26  # beyond B·N·M·d elements the squared distance comes from the dot-product form
 
 

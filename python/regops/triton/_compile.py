@@ -19,7 +19,6 @@ compiled).
 from __future__ import annotations
 
 import importlib
-import os
 import pkgutil
 import sys
 
@@ -32,7 +31,8 @@ def _package_modules():
 
 
 def _check_not_interpreted():
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    from .._loader import triton_interpreted
+    if triton_interpreted():
         raise RuntimeError("regops.triton._compile: TRITON_INTERPRET=1 is set; compile the kernels in a "
                            "process where it is unset (e.g. `env -u TRITON_INTERPRET python -m regops.triton._compile`)")
 

@@ -7,9 +7,7 @@ import os
 import torch
 import triton
 
-
-def interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+from .._loader import triton_interpreted as interpreted
 
 
 def kernel_is_interpreted(kernel) -> bool:

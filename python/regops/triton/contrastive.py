@@ -1,4 +1,4 @@
-"""Triton kernels for the pairwise contrastive engine (ConR, SupCon, focal SupCon).
+"""Triton kernels for the contrastive engine (ConR, SupCon, focal SupCon).
 
 The math is that of ``csrc/include/regops/contrastive_math.h`` (the single source of truth), evaluated on
 tiles: anchors a_i (i < n) against candidates c_j (j < M), L2-normalized by the ops themselves (as
@@ -10,7 +10,7 @@ F.normalize; the backward goes back through it), s_ij = ⟨a_i, c_j⟩ / τ, anc
 - ``torch.ops.regops.contrastive_bwd_triton(grad_row_loss, anchors, ..., weights, row_stats, kind, ...)
   -> (grad_anchors (n, D), grad_candidates (M, D) or (0, D))``
 
-Autograd for the fwd op is registered in ``regops/ops/_pairwise.py`` (its backward calls the bwd op).
+Autograd for the fwd op is registered in ``regops/ops/_contrastive.py`` (its backward calls the bwd op).
 
 One kernel, three passes (``MODE``), so that the element math exists once as in the header (the compile
 check of ``regops.triton._compile`` rejects @triton.jit helpers that are not listed kernels):
@@ -53,11 +53,10 @@ import triton
 import triton.language as tl
 
 from . import _host
+from ..contracts import contrastive as contract
+from .._constants import CONR_AGEDB, CONR_NYUD2, FOCAL, ROW_STATS, SUPCON
 
 _OP = "regops.contrastive"
-_SUPPORTED = (torch.float32, torch.float64)
-ROW_STATS = 4  # [L, alpha, beta, |P|]
-CONR_AGEDB, CONR_NYUD2, SUPCON, FOCAL = 0, 1, 2, 3
 
 MODE_FWD, MODE_BWD_ROWS, MODE_BWD_COLS = 0, 1, 2
 # Label distance (ConR): 0 |u − v| (one label column), 1 p = 2, 2 p = 1, 3 p = ±inf (max), 4 any other p.
@@ -425,68 +424,6 @@ def _allow_tf32(t: torch.Tensor) -> bool:
     return bool(t.is_cuda and t.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32)
 
 
-def _fail(arg: str, expected: str, got: str, kind: type[Exception] = ValueError):
-    raise kind(f"{_OP}: {arg}: expected {expected}, got {got}")
-
-
-def _desc(t) -> str:
-    if not isinstance(t, torch.Tensor):
-        return type(t).__name__
-    return f"shape {tuple(t.shape)}, dtype {str(t.dtype).replace('torch.', '')}, device {t.device}"
-
-
-def _check_like(arg: str, t, shape, dtype, device) -> None:
-    if t is None:
-        _fail(arg, "a Tensor for this kind", "None")
-    if not isinstance(t, torch.Tensor):
-        _fail(arg, "a Tensor", type(t).__name__, TypeError)
-    if tuple(t.shape) != tuple(shape):
-        _fail(arg, f"shape {tuple(shape)}", _desc(t))
-    if t.dtype != dtype:
-        _fail(arg, f"dtype {str(dtype).replace('torch.', '')}", _desc(t), TypeError)
-    if t.device != device:
-        _fail(arg, f"device {device}", _desc(t), RuntimeError)
-
-
-def _check_args(anchors, candidates, labels, cand_labels, preds, cand_preds, weights, kind, offset):
-    """Validates the arguments; returns (n, M, D, L)."""
-    if not isinstance(anchors, torch.Tensor) or anchors.dim() != 2:
-        _fail("anchors", "a 2-D tensor (n, D)", _desc(anchors))
-    if anchors.dtype not in _SUPPORTED:
-        _fail("anchors", "dtype float32 or float64", _desc(anchors), TypeError)
-    if kind not in (CONR_AGEDB, CONR_NYUD2, SUPCON, FOCAL):
-        _fail("kind", "0 (ConR agedb), 1 (ConR nyud2), 2 (SupCon) or 3 (focal SupCon)", repr(kind))
-    n, d = anchors.shape
-    dt, dev = anchors.dtype, anchors.device
-    if candidates is None:
-        m = n
-        if offset != 0:
-            _fail("offset", "0 when candidates is None", repr(offset))
-    else:
-        if not isinstance(candidates, torch.Tensor) or candidates.dim() != 2 or candidates.shape[1] != d:
-            _fail("candidates", f"a 2-D tensor (M, {d})", _desc(candidates))
-        m = candidates.shape[0]
-        _check_like("candidates", candidates, (m, d), dt, dev)
-        if not 0 <= offset <= m - n:
-            _fail("offset", f"0 <= offset <= M - n = {m - n}", repr(offset))
-    if kind in (SUPCON, FOCAL):
-        _check_like("labels", labels, (n,), torch.int64, dev)
-        if candidates is not None:
-            _check_like("cand_labels", cand_labels, (m,), torch.int64, dev)
-        return n, m, d, 1
-    if not isinstance(labels, torch.Tensor) or labels.dim() != 2:
-        _fail("labels", "a 2-D tensor (n, L) for ConR", _desc(labels))
-    label_len = labels.shape[1]
-    _check_like("labels", labels, (n, label_len), dt, dev)
-    _check_like("preds", preds, (n, label_len), dt, dev)
-    if candidates is not None:
-        _check_like("cand_labels", cand_labels, (m, label_len), dt, dev)
-        _check_like("cand_preds", cand_preds, (m, label_len), dt, dev)
-    if weights is not None:
-        _check_like("weights", weights, (n,), dt, dev)
-    return n, m, d, label_len
-
-
 def _launch(mode, anchors, cands, labels, cand_labels, preds, cand_preds, weights, params, g, stats, loss, out,
             kind, norm, label_len, offset, accumulate=False):
     n, d = anchors.shape
@@ -554,8 +491,8 @@ def contrastive_fwd_triton(anchors: torch.Tensor, candidates: Optional[torch.Ten
                            cand_preds: Optional[torch.Tensor], weights: Optional[torch.Tensor], kind: int,
                            offset: int, temperature: float, threshold: float, push: float,
                            label_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
-    n, m, d, label_len = _check_args(anchors, candidates, labels, cand_labels, preds, cand_preds, weights, kind,
-                                     offset)
+    n, m, d, label_len = contract.check("contrastive_fwd", anchors, candidates, labels, cand_labels, preds, cand_preds,
+                                        weights, kind, offset, temperature, threshold, push, label_norm, None)
     _check_device(anchors)
     loss = anchors.new_zeros((n,))
     stats = anchors.new_zeros((n, ROW_STATS))
@@ -571,11 +508,7 @@ def contrastive_fwd_triton(anchors: torch.Tensor, candidates: Optional[torch.Ten
     return loss, stats
 
 
-@contrastive_fwd_triton.register_fake
-def _fwd_fake(anchors, candidates, labels, cand_labels, preds, cand_preds, weights, kind, offset, temperature,
-              threshold, push, label_norm):
-    n, *_ = _check_args(anchors, candidates, labels, cand_labels, preds, cand_preds, weights, kind, offset)
-    return anchors.new_empty((n,)), anchors.new_empty((n, ROW_STATS))
+contrastive_fwd_triton.register_fake(contract.fake_fwd)
 
 
 @torch.library.custom_op("regops::contrastive_bwd_triton", mutates_args=())
@@ -585,10 +518,9 @@ def contrastive_bwd_triton(grad_row_loss: torch.Tensor, anchors: torch.Tensor, c
                            weights: Optional[torch.Tensor], row_stats: torch.Tensor, kind: int, offset: int,
                            temperature: float, threshold: float, push: float,
                            label_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
-    n, m, d, label_len = _check_args(anchors, candidates, labels, cand_labels, preds, cand_preds, weights, kind,
-                                     offset)
-    _check_like("grad_row_loss", grad_row_loss, (n,), anchors.dtype, anchors.device)
-    _check_like("row_stats", row_stats, (n, ROW_STATS), anchors.dtype, anchors.device)
+    n, m, d, label_len = contract.check("contrastive_bwd", anchors, candidates, labels, cand_labels, preds, cand_preds,
+                                        weights, kind, offset, temperature, threshold, push, label_norm, None)
+    contract.check_grads("contrastive_bwd", anchors, grad_row_loss, row_stats)
     _check_device(anchors)
     grad_a = anchors.new_zeros((n, d))
     grad_c = anchors.new_zeros((0, d)) if candidates is None else torch.zeros_like(candidates)
@@ -600,7 +532,7 @@ def contrastive_bwd_triton(grad_row_loss: torch.Tensor, anchors: torch.Tensor, c
     cands, labels, cand_labels, preds, cand_preds, weights, params = _prepare(
         anchors, candidates, labels, cand_labels, preds, cand_preds, weights, kind, temperature, threshold, push,
         label_norm)
-    g = grad_row_loss.contiguous()
+    g = grad_row_loss.to(anchors.dtype).contiguous()
     stats = row_stats.contiguous()
     norm = _norm_code(label_len, label_norm)
     common = (labels, cand_labels, preds, cand_preds, weights, params, g, stats)
@@ -615,9 +547,4 @@ def contrastive_bwd_triton(grad_row_loss: torch.Tensor, anchors: torch.Tensor, c
     return grad_a, grad_c
 
 
-@contrastive_bwd_triton.register_fake
-def _bwd_fake(grad_row_loss, anchors, candidates, labels, cand_labels, preds, cand_preds, weights, row_stats, kind,
-              offset, temperature, threshold, push, label_norm):
-    _check_args(anchors, candidates, labels, cand_labels, preds, cand_preds, weights, kind, offset)
-    grad_c = torch.empty_like(candidates) if candidates is not None else anchors.new_empty((0, anchors.shape[1]))
-    return torch.empty_like(anchors), grad_c
+contrastive_bwd_triton.register_fake(contract.fake_bwd)

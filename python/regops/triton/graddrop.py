@@ -49,12 +49,11 @@ import triton
 import triton.language as tl
 
 from . import _host
-from .. import _checks
+from ..contracts import graddrop as contract
 
 MODE_APPLY, MODE_KEEP_PROB, MODE_PHILOX = 0, 1, 2
 BLOCK = 1024          # elements per program (a multiple of 4: a program owns whole Philox groups)
 NUM_WARPS = 4
-_SUPPORTED = (torch.float32, torch.bfloat16, torch.float16)
 _TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 _MASK32 = 0xFFFFFFFF
 
@@ -239,48 +238,6 @@ _APPLY = "graddrop_"
 _KEEP = "graddrop_keep_prob"
 
 
-def _check_list(op, name, ts):
-    if not isinstance(ts, (list, tuple)):
-        _checks.fail(op, name, "a list of tensors", type(ts).__name__, TypeError)
-    for i, t in enumerate(ts):
-        if not isinstance(t, torch.Tensor):
-            _checks.fail(op, f"{name}[{i}]", "a torch.Tensor", type(t).__name__, TypeError)
-
-
-def _check_apply(out, grads_task, grads_reg):
-    """Validates the lists; returns the device (None for empty lists)."""
-    op = _APPLY
-    for name, ts in (("out", out), ("grads_task", grads_task), ("grads_reg", grads_reg)):
-        _check_list(op, name, ts)
-    n = len(grads_task)
-    for name, ts in (("grads_reg", grads_reg), ("out", out)):
-        if len(ts) != n:
-            _checks.fail(op, name, f"a list of {n} tensors (as grads_task)", f"{len(ts)} tensors")
-    if n == 0:
-        return None
-    dev = grads_task[0].device
-    names = ", ".join(_checks.dtype_name(d) for d in _SUPPORTED)
-    for i in range(n):
-        a = grads_task[i]
-        if a.dtype not in _SUPPORTED:
-            _checks.fail(op, f"grads_task[{i}]", f"dtype in ({names})", _checks.dtype_name(a.dtype), TypeError)
-        if a.device != dev:
-            _checks.fail(op, f"grads_task[{i}]", f"device {dev} (as grads_task[0])", f"device {a.device}",
-                         RuntimeError)
-        for name, t in (("grads_reg", grads_reg[i]), ("out", out[i])):
-            arg = f"{name}[{i}]"
-            if t.device != dev:
-                _checks.fail(op, arg, f"device {dev} (as grads_task[0])", f"device {t.device}", RuntimeError)
-            if t.dtype != a.dtype:
-                _checks.fail(op, arg, f"dtype {_checks.dtype_name(a.dtype)} (as grads_task[{i}])",
-                             _checks.dtype_name(t.dtype), TypeError)
-            if t.shape != a.shape:
-                _checks.fail(op, arg, f"shape {tuple(a.shape)} (as grads_task[{i}])", f"shape {tuple(t.shape)}")
-        if not out[i].is_contiguous():
-            _checks.fail(op, f"out[{i}]", "a contiguous tensor", f"strides {tuple(out[i].stride())}")
-    return dev
-
-
 def _build_table(out, task, reg, seed):
     """The int64 table of the whole call (see the module docstring) and, per dtype group, (dtype, slice
     offset, G, NP, aligned)."""
@@ -312,9 +269,10 @@ def _build_table(out, task, reg, seed):
                                 "-> Tensor")
 def graddrop_apply_triton(out: list[torch.Tensor], grads_task: list[torch.Tensor], grads_reg: list[torch.Tensor],
                           lam: float, seed: int) -> torch.Tensor:
-    dev = _check_apply(out, grads_task, grads_reg)
-    if dev is None:
+    contract.check_lists(out, grads_task, grads_reg, lam, None)
+    if not out:
         return torch.zeros(0, dtype=torch.int64)
+    dev = out[0].device
     _host.check_device("regops." + _APPLY, grads_task[0], graddrop_kernel)
     counts = torch.zeros(len(grads_task), dtype=torch.int64, device=dev)
     # inputs in row-major order (the flat element index e); the copies live until the launches are queued
@@ -334,32 +292,12 @@ def graddrop_apply_triton(out: list[torch.Tensor], grads_task: list[torch.Tensor
     return counts
 
 
-@graddrop_apply_triton.register_fake
-def _apply_fake(out, grads_task, grads_reg, lam, seed):
-    dev = _check_apply(out, grads_task, grads_reg)
-    if dev is None:
-        return torch.empty(0, dtype=torch.int64)
-    return grads_task[0].new_empty((len(grads_task),), dtype=torch.int64)
-
-
-def _check_keep(grad_task, grad_reg):
-    op = _KEEP
-    _checks.check_tensor(op, "grad_task", grad_task, dtypes=_SUPPORTED)
-    _checks.check_tensor(op, "grad_reg", grad_reg)
-    if grad_reg.device != grad_task.device:
-        _checks.fail(op, "grad_reg", f"device {grad_task.device} (as grad_task)", f"device {grad_reg.device}",
-                     RuntimeError)
-    if grad_reg.dtype != grad_task.dtype:
-        _checks.fail(op, "grad_reg", f"dtype {_checks.dtype_name(grad_task.dtype)} (as grad_task)",
-                     _checks.dtype_name(grad_reg.dtype), TypeError)
-    if grad_reg.shape != grad_task.shape:
-        _checks.fail(op, "grad_reg", f"shape {tuple(grad_task.shape)} (as grad_task)",
-                     f"shape {tuple(grad_reg.shape)}")
+graddrop_apply_triton.register_fake(contract.fake_apply)
 
 
 @torch.library.custom_op("regops::graddrop_keep_prob_triton", mutates_args=())
 def graddrop_keep_prob_triton(grad_task: torch.Tensor, grad_reg: torch.Tensor) -> torch.Tensor:
-    _check_keep(grad_task, grad_reg)
+    contract.check_pair(grad_task, grad_reg, None)
     _host.check_device("regops." + _KEEP, grad_task, graddrop_kernel)
     a, b = grad_task.contiguous(), grad_reg.contiguous()
     out = torch.empty_like(a)
@@ -374,7 +312,7 @@ def graddrop_keep_prob_triton(grad_task: torch.Tensor, grad_reg: torch.Tensor) -
 
 @graddrop_keep_prob_triton.register_fake
 def _keep_fake(grad_task, grad_reg):
-    _check_keep(grad_task, grad_reg)
+    contract.check_pair(grad_task, grad_reg, None)
     return torch.empty_like(grad_task, memory_format=torch.contiguous_format)
 
 

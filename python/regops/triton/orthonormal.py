@@ -26,9 +26,10 @@ import triton
 import triton.language as tl
 
 from . import _host
+from ..contracts import orthonormal as contract
+from .._constants import acc_dtype
 
 _OP = "regops.orthonormal_penalty"
-_SUPPORTED = (torch.float32, torch.float64, torch.bfloat16)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,24 +224,11 @@ KERNELS = [
 # ----------------------------------------------------------------------------------------------
 # host side
 # ----------------------------------------------------------------------------------------------
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
-
-
 def _check_device(t: torch.Tensor) -> None:
     _host.check_device(_OP, t, orthonormal_fwd_kernel)
 
 
 _device_guard = _host.device_guard
-
-
-def _check_mats(mats: torch.Tensor) -> None:
-    if not isinstance(mats, torch.Tensor):
-        raise TypeError(f"{_OP}: mats: expected a Tensor, got {type(mats).__name__}")
-    if mats.dim() != 3:
-        raise ValueError(f"{_OP}: mats: expected a 3-D tensor (L, p, q), got shape {tuple(mats.shape)}")
-    if mats.dtype not in _SUPPORTED:
-        raise TypeError(f"{_OP}: mats: expected dtype float32, float64 or bfloat16, got {mats.dtype}")
 
 
 def _allow_tf32(mats: torch.Tensor) -> bool:
@@ -267,10 +255,10 @@ def _check_finite(values: torch.Tensor) -> None:
 
 @torch.library.custom_op("regops::orthonormal_penalty_fwd_triton", mutates_args=())
 def orthonormal_penalty_fwd_triton(mats: torch.Tensor, squared: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_mats(mats)
+    contract.check_fwd(mats, None)
     _check_device(mats)
     L, p, q = mats.shape
-    acc = _acc_dtype(mats.dtype)
+    acc = acc_dtype(mats.dtype)
     residual = torch.empty((L, p, p), dtype=acc, device=mats.device)
     if L == 0 or p == 0:
         return torch.zeros((L,), dtype=mats.dtype, device=mats.device), residual
@@ -290,20 +278,16 @@ def orthonormal_penalty_fwd_triton(mats: torch.Tensor, squared: bool) -> tuple[t
     return values, residual
 
 
-@orthonormal_penalty_fwd_triton.register_fake
-def _fwd_fake(mats, squared):
-    _check_mats(mats)
-    L, p, _ = mats.shape
-    return mats.new_empty((L,)), mats.new_empty((L, p, p), dtype=_acc_dtype(mats.dtype))
+orthonormal_penalty_fwd_triton.register_fake(contract.fake_fwd)
 
 
 @torch.library.custom_op("regops::orthonormal_penalty_bwd_triton", mutates_args=())
 def orthonormal_penalty_bwd_triton(grad_values: torch.Tensor, mats: torch.Tensor, residual: torch.Tensor,
                                    squared: bool) -> torch.Tensor:
-    _check_bwd_args(grad_values, mats, residual)
+    contract.check_bwd(grad_values, mats, residual, None)
     _check_device(mats)
     L, p, q = mats.shape
-    acc = _acc_dtype(mats.dtype)
+    acc = acc_dtype(mats.dtype)
     out = torch.empty_like(mats)
     if out.numel() == 0:
         return out
@@ -328,25 +312,7 @@ def orthonormal_penalty_bwd_triton(grad_values: torch.Tensor, mats: torch.Tensor
     return out
 
 
-def _check_bwd_args(grad_values, mats, residual) -> None:
-    _check_mats(mats)
-    L, p, _ = mats.shape
-    if tuple(grad_values.shape) != (L,):
-        raise ValueError(f"{_OP}: grad_values: expected shape ({L},), got {tuple(grad_values.shape)}")
-    if tuple(residual.shape) != (L, p, p):
-        raise ValueError(f"{_OP}: residual: expected shape ({L}, {p}, {p}), got {tuple(residual.shape)}")
-    acc = _acc_dtype(mats.dtype)
-    if residual.dtype != acc:
-        raise TypeError(f"{_OP}: residual: expected dtype {acc}, got {residual.dtype}")
-    if residual.device != mats.device or grad_values.device != mats.device:
-        raise RuntimeError(f"{_OP}: grad_values, residual: expected device {mats.device}, "
-                           f"got {grad_values.device} and {residual.device}")
-
-
-@orthonormal_penalty_bwd_triton.register_fake
-def _bwd_fake(grad_values, mats, residual, squared):
-    _check_bwd_args(grad_values, mats, residual)
-    return torch.empty_like(mats)
+orthonormal_penalty_bwd_triton.register_fake(contract.fake_bwd)
 
 
 # Autograd for these ops is registered in regops/ops/orthonormal.py, shared with the compiled ops.

@@ -27,7 +27,8 @@ import triton
 import triton.language as tl
 
 from . import _host
-from .. import _checks
+from ..contracts import check_float32_only
+from ..contracts import p2ot as contract
 
 OP = "p2ot_scaling_pass"
 MAX_BLOCK_K = 1024      # widest K read once (a whole row per tile)
@@ -125,26 +126,11 @@ KERNELS = [
 # ----------------------------------------------------------------------------------------------
 # host side
 # ----------------------------------------------------------------------------------------------
-def _check_tensor(arg, t, shape, device=None):
-    """t is a float32 tensor of `shape` (None: any size) on `device` (that of kernel)."""
-    if not isinstance(t, torch.Tensor):
-        _checks.fail(OP, arg, "a torch.Tensor", type(t).__name__, TypeError)
-    if t.dtype != torch.float32:
-        _checks.fail(OP, arg, "dtype float32 (the triton kernels take float32 only)", _checks.describe(t), TypeError)
-    if t.dim() != len(shape) or any(want is not None and got != want for got, want in zip(t.shape, shape)):
-        want = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
-        _checks.fail(OP, arg, f"shape {want}", _checks.describe(t))
-    if device is not None and t.device != device:
-        _checks.fail(OP, arg, f"device {device} (as kernel)", _checks.describe(t), RuntimeError)
-
-
 def _check(kernel, col_scale, row_target):
-    """Returns (N, Kc)."""
-    _check_tensor("kernel", kernel, (None, None))
-    n, kc = kernel.shape
-    _check_tensor("col_scale", col_scale, (kc,), kernel.device)
-    _check_tensor("row_target", row_target, (n,), kernel.device)
-    return n, kc
+    """The schema's contract, then float32 (this impl's kernels); returns (N, Kc)."""
+    contract.check_pass(kernel, col_scale, row_target, None)
+    check_float32_only(OP, "kernel", kernel)
+    return kernel.shape
 
 
 @torch.library.custom_op("regops::p2ot_scaling_pass_triton", mutates_args=())

@@ -56,11 +56,11 @@ import triton
 import triton.language as tl
 
 from . import _host
-from .. import _checks
+from ..contracts import check_float32_only
+from ..contracts import sinkhorn as contract
+from .._constants import COSINE, COST_NAMES, EUCLIDEAN, SQEUCLIDEAN
 
-SQEUCLIDEAN, EUCLIDEAN, COSINE = 0, 1, 2
-COSTS = (SQEUCLIDEAN, EUCLIDEAN, COSINE)
-COSINE_RIDGE = 1e-8
+COSTS = tuple(COST_NAMES)
 # relative squared distance at or below which a euclidean tile is recomputed from differences
 EUCLID_NEAR = tl.constexpr(1e-2)
 
@@ -265,7 +265,6 @@ def _config(mode: int, cost: int, n: int, m: int, d: int, k: int = 0):
 
 # Compile specs for regops.triton._compile (one dict per cubin; see orthonormal.py for the keys).
 _MODE_NAMES = {MODE_UPDATE: "update", MODE_GRAD: "grad", MODE_APPLY: "apply", MODE_DENSE: "dense"}
-_COST_NAMES = {SQEUCLIDEAN: "sqeuclidean", EUCLIDEAN: "euclidean", COSINE: "cosine"}
 
 
 def _spec(mode, cost, tf32=False, size=(256, 256, 64, 64), variant=None, ones=()):
@@ -292,7 +291,7 @@ def _all_specs():
     specs = []
     for mode in (MODE_UPDATE, MODE_GRAD, MODE_APPLY):
         for cost in COSTS:
-            name = f"{_MODE_NAMES[mode]}-{_COST_NAMES[cost]}"
+            name = f"{_MODE_NAMES[mode]}-{COST_NAMES[cost]}"
             first = mode == MODE_UPDATE and cost == SQEUCLIDEAN
             specs.append(_spec(mode, cost, variant=None if first else name))
             specs.append(_spec(mode, cost, tf32=True, variant=f"{name}-tf32"))
@@ -319,64 +318,23 @@ def _allow_tf32(t: torch.Tensor) -> bool:
     return bool(t.is_cuda and torch.backends.cuda.matmul.allow_tf32)
 
 
-def _check_tensor(op, arg, t, shape, device=None, first="x"):
-    """t is a float32 tensor of `shape` (None: any size) on `device` (that of the op's first tensor)."""
-    if not isinstance(t, torch.Tensor):
-        _checks.fail(op, arg, "a torch.Tensor", type(t).__name__, TypeError)
-    if t.dtype != torch.float32:
-        _checks.fail(op, arg, "dtype float32 (the triton kernels take float32 only)", _checks.describe(t), TypeError)
-    if t.dim() != len(shape) or any(want is not None and got != want for got, want in zip(t.shape, shape)):
-        want = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
-        _checks.fail(op, arg, f"shape {want}", _checks.describe(t))
-    if device is not None and t.device != device:
-        _checks.fail(op, arg, f"device {device} (as {first})", _checks.describe(t), RuntimeError)
-
-
-def _check_cost(op, cost):
-    _checks.check_choice(op, "cost", cost, COSTS)
-
-
-def _check_clouds(op, x, y):
-    """Returns (B, N, M, d)."""
-    _check_tensor(op, "x", x, (None, None, None))
-    bsz, n, d = x.shape
-    _check_tensor(op, "y", y, (bsz, None, d), x.device)
-    return bsz, n, y.shape[1], d
-
-
+# The schema's contract (contracts/sinkhorn.py), then float32: this impl's kernels.
 def _check_update(x, y, pot, log_w, tau, eps, cost):
-    op = "sinkhorn_update"
-    bsz, n, m, d = _check_clouds(op, x, y)
-    dev = x.device
-    _check_tensor(op, "pot", pot, (bsz, m), dev)
-    _check_tensor(op, "log_w", log_w, (bsz, n), dev)
-    _check_tensor(op, "tau", tau, (bsz, n), dev)
-    _check_tensor(op, "eps", eps, (bsz,), dev)
-    _check_cost(op, cost)
-    return bsz, n, m, d
+    sizes = contract.check_update(x, y, pot, log_w, tau, eps, cost, None)
+    check_float32_only("sinkhorn_update", "x", x)
+    return sizes
 
 
 def _check_dense(cost_matrix, pot, log_w, tau, eps, transpose):
-    op = "sinkhorn_update_dense"
-    _check_tensor(op, "cost_matrix", cost_matrix, (None, None, None))
-    bsz, n, m = cost_matrix.shape
-    r, c = (m, n) if transpose else (n, m)
-    dev = cost_matrix.device
-    _check_tensor(op, "pot", pot, (bsz, c), dev, "cost_matrix")
-    _check_tensor(op, "log_w", log_w, (bsz, r), dev, "cost_matrix")
-    _check_tensor(op, "tau", tau, (bsz, r), dev, "cost_matrix")
-    _check_tensor(op, "eps", eps, (bsz,), dev, "cost_matrix")
-    return bsz, r, c
+    sizes = contract.check_dense(cost_matrix, pot, log_w, tau, eps, transpose, None)
+    check_float32_only("sinkhorn_update_dense", "cost_matrix", cost_matrix)
+    return sizes
 
 
-def _check_plan(op, x, y, f, g, eps, cost):
-    bsz, n, m, d = _check_clouds(op, x, y)
-    dev = x.device
-    _check_tensor(op, "f", f, (bsz, n), dev)
-    _check_tensor(op, "g", g, (bsz, m), dev)
-    _check_tensor(op, "eps", eps, (bsz,), dev)
-    _check_cost(op, cost)
-    return bsz, n, m, d
+def _check_plan(op, x, y, f, g, eps, cost, v=None):
+    sizes = contract.check_weighted(op, x, y, f, g, v, eps, cost, None)
+    check_float32_only(op, "x", x)
+    return sizes
 
 
 def _center(x, y, cost):
@@ -462,10 +420,7 @@ def _cost_grad_fake(x, y, f, g, eps, cost):
 
 
 def _check_apply(x, y, f, g, v, eps, cost):
-    op = "sinkhorn_apply"
-    bsz, n, m, d = _check_plan(op, x, y, f, g, eps, cost)
-    _check_tensor(op, "v", v, (bsz, m, None), x.device)
-    return bsz, n, m, d, v.shape[2]
+    return (*_check_plan("sinkhorn_apply", x, y, f, g, eps, cost, v), v.shape[2])
 
 
 @torch.library.custom_op("regops::sinkhorn_apply_triton", mutates_args=())

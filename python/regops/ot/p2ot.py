@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from .. import _checks
-from .._loader import resolve_impl, schema_registered, triton_available
-from ..ot._backend import Kernels as SinkhornKernels
-from ..ot._solver import NonConvergenceWarning, SinkhornNotConverged, _check_options
+from .. import _checks, _registry
+from .._loader import schema_registered, triton_available
+from ..contracts import p2ot as contract
 from ..reference import p2ot as reference
-
-KERNELS = {"cpu": "p2ot_scaling_pass", "cuda": "p2ot_scaling_pass", "triton": "p2ot_scaling_pass_triton"}
+from ._backend import Kernels as SinkhornKernels
+from ._options import NonConvergenceWarning, SinkhornNotConverged, _check_options
 CHECK_EVERY = 10
 ABSORB_LOG = 20.0  # re-form K once |log u| or |log v| has moved this far since K was formed
 LIFT_LOG = 30.0    # a column of K whose largest entry is below e^-LIFT_LOG is scaled to largest entry 1
@@ -38,9 +36,7 @@ EXPONENT_RTOL = 1e-4  # K's exponents are formed in float64 when their float32 r
 
 
 if schema_registered("p2ot_scaling_pass"):
-    @torch.library.register_fake("regops::p2ot_scaling_pass")
-    def _fake_pass(kernel, col_scale, row_target):
-        return kernel.new_empty((kernel.shape[0],)), kernel.new_empty((kernel.shape[1],))
+    torch.library.register_fake("regops::p2ot_scaling_pass")(contract.fake_pass)
 
 if triton_available() and importlib.util.find_spec("regops.triton.p2ot") is not None:
     from ..triton import p2ot as _triton_p2ot  # noqa: F401  (registers the triton op)
@@ -71,15 +67,8 @@ def _explicit(impl):
     return impl is not None and impl != "auto"
 
 
-@torch._dynamo.assume_constant_result
-def _resolve(op: str, impl, device_type: str) -> str:
-    return resolve_impl(op, impl, torch.device(device_type), KERNELS)
-
-
 def _pick(op, impl, t):
-    chosen = _resolve(op, impl, t.device.type)
-    if chosen == "triton" and t.dtype != torch.float32 and impl != "triton":
-        chosen = "reference"
+    chosen = _registry.pick(op, impl, t, "logits")
     if chosen == "triton" and not torch.compiler.is_compiling():
         # before any kernel runs, so a device problem names this op, not the Sinkhorn step it calls first
         from ..triton import _host
@@ -88,9 +77,7 @@ def _pick(op, impl, t):
 
 
 def _pass(chosen):
-    if chosen == "triton":
-        return torch.ops.regops.p2ot_scaling_pass_triton
-    return torch.ops.regops.p2ot_scaling_pass
+    return _registry.kernel("p2ot", chosen, "scaling_pass")
 
 
 def _check_logits(op, logits):

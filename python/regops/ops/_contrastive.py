@@ -1,9 +1,9 @@
-"""The pairwise contrastive engine behind conr_loss, supcon_loss and focal_supcon_loss.
+"""the contrastive engine behind conr_loss, supcon_loss and focal_supcon_loss.
 
 Every impl computes per-anchor losses ℓ_i (and |P_i|) of L2-normalized rows; this module gathers candidates
 across ranks, picks the impl and reduces ℓ to the loss. The kernels normalize the rows themselves. The kernels
 (``regops::contrastive_fwd``/``_bwd`` on CPU and CUDA, ``..._triton``) stream the similarity in tiles and
-save only row_stats (n, 4) for the backward; the reference (reference/pairwise.py) materializes N×M.
+save only row_stats (n, 4) for the backward; the reference (reference/contrastive.py) materializes N×M.
 
 Across ranks (``process_group``): anchors are the local rows, candidates the rows of all ranks, gathered
 with their gradient (torch.distributed.nn.functional.all_gather sends it back to the owner). Each rank's
@@ -16,26 +16,11 @@ import importlib.util
 
 import torch
 
-from .. import _checks
-from .._loader import resolve_impl, schema_registered, triton_available
-from ..reference import pairwise as reference
-from ..reference.orthonormal import acc_dtype  # noqa: F401  (re-exported for the op modules)
-
-CONR_AGEDB, CONR_NYUD2, SUPCON, FOCAL = 0, 1, 2, 3
-KERNELS = {"cpu": "contrastive_fwd", "cuda": "contrastive_fwd", "triton": "contrastive_fwd_triton"}
-ROW_STATS = 4  # [L, alpha, beta, |P|]
-
-
-def _fake_fwd(anchors, candidates, labels, cand_labels, preds, cand_preds, weights, kind, offset, temperature,
-              threshold, push, label_norm):
-    n = anchors.shape[0]
-    return anchors.new_empty((n,)), anchors.new_empty((n, ROW_STATS))
-
-
-def _fake_bwd(grad_row_loss, anchors, candidates, labels, cand_labels, preds, cand_preds, weights, row_stats, kind,
-              offset, temperature, threshold, push, label_norm):
-    grad_c = torch.empty_like(candidates) if candidates is not None else anchors.new_empty((0, anchors.shape[1]))
-    return torch.empty_like(anchors), grad_c
+from .. import _checks, _registry
+from .._constants import CONR_AGEDB, CONR_NYUD2, FOCAL, ROW_STATS, SUPCON, acc_dtype  # noqa: F401  (SUPCON: the op modules')
+from .._loader import schema_registered, triton_available
+from ..contracts import contrastive as contract
+from ..reference import contrastive as reference
 
 
 def _setup_context(ctx, inputs, output):
@@ -59,8 +44,8 @@ def _make_backward(bwd_op):
 
 
 if schema_registered("contrastive_fwd"):  # an older _C build lacks them
-    torch.library.register_fake("regops::contrastive_fwd")(_fake_fwd)
-    torch.library.register_fake("regops::contrastive_bwd")(_fake_bwd)
+    torch.library.register_fake("regops::contrastive_fwd")(contract.fake_fwd)
+    torch.library.register_fake("regops::contrastive_bwd")(contract.fake_bwd)
     torch.library.register_autograd("regops::contrastive_fwd",
                                     _make_backward(lambda *a: torch.ops.regops.contrastive_bwd(*a)),
                                     setup_context=_setup_context)
@@ -71,11 +56,6 @@ if triton_available() and importlib.util.find_spec("regops.triton.contrastive") 
     torch.library.register_autograd("regops::contrastive_fwd_triton",
                                     _make_backward(lambda *a: torch.ops.regops.contrastive_bwd_triton(*a)),
                                     setup_context=_setup_context)
-
-
-@torch._dynamo.assume_constant_result
-def _pick(op: str, impl, device_type: str) -> str:
-    return resolve_impl(op, impl, torch.device(device_type), KERNELS)
 
 
 def check_features(op: str, features, dtypes) -> int:
@@ -118,7 +98,7 @@ def row_losses(op: str, kind: int, features: torch.Tensor, labels: torch.Tensor,
     """Per-anchor losses ℓ (n,) and |P| (n,) of the local rows, plus (world size, candidates M).
 
     labels/preds: (n, L) in the accumulation dtype for ConR, (n,) int64 for SupCon; weights (n,) or None."""
-    chosen = _pick(op, impl, features.device.type)
+    chosen = _registry.pick(op, impl, features, "features")
     acc = acc_dtype(features.dtype)
     if chosen != "cpu":  # the CPU kernel checks finiteness in its normalization pass, for free
         _checks.check_finite_eager(op, "features", features)
@@ -150,7 +130,7 @@ def row_losses(op: str, kind: int, features: torch.Tensor, labels: torch.Tensor,
                                                 focal=kind == FOCAL)
         return rows, n_pos.to(acc), world, m
 
-    fwd = torch.ops.regops.contrastive_fwd_triton if chosen == "triton" else torch.ops.regops.contrastive_fwd
+    fwd = _registry.kernel("contrastive", chosen, "fwd")
     args = (x, xc, labels, lc, preds, pc, weights, kind, offset, float(temperature), float(threshold), float(push),
             float(label_norm))
     if torch.compiler.is_compiling() or chosen != "cpu":

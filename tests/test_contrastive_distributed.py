@@ -86,8 +86,7 @@ def _worker(rank, port, impls, failures):
 @pytest.mark.skipif(sys.platform != "linux", reason="spawned gloo workers: Linux only here")
 def test_ddp_gradients_equal_the_concatenated_batch():
     from conftest import cpu_impls, free_port
-    from regops.ops import _pairwise
-    impls = ["reference"] + [i for i in cpu_impls(_pairwise.KERNELS) if i == "cpu"]
+    impls = ["reference"] + [i for i in cpu_impls("conr_loss") if i == "cpu"]
     with mp.Manager() as manager:
         failures = manager.list()
         mp.spawn(_worker, args=(free_port(), impls, failures), nprocs=WORLD, join=True)
@@ -99,9 +98,9 @@ def test_ddp_gradients_equal_the_concatenated_batch():
 def test_unequal_rank_sizes_raise(monkeypatch):
     """Ranks must hold the same number of rows; the error names the sizes."""
     import regops
-    from regops.ops import _pairwise
-    monkeypatch.setattr(_pairwise, "_gather", lambda t, g, grad: torch.tensor([3, 4]))
-    monkeypatch.setattr(_pairwise, "_world", lambda g: (2, 0))
+    from regops.ops import _contrastive
+    monkeypatch.setattr(_contrastive, "_gather", lambda t, g, grad: torch.tensor([3, 4]))
+    monkeypatch.setattr(_contrastive, "_world", lambda g: (2, 0))
     with pytest.raises(ValueError, match=r"regops\.supcon_loss: features: expected the same number of rows on every "
                                          r"rank of process_group, got rows per rank \[3, 4\]"):
         regops.supcon_loss(torch.randn(3, 2), torch.zeros(3, dtype=torch.long), process_group=object())

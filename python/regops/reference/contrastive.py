@@ -1,8 +1,8 @@
-"""Per-anchor losses of the pairwise contrastive family, pure PyTorch, N×M materialized: the oracle.
+"""Per-anchor losses of the contrastive family, pure PyTorch, N×M materialized: the oracle.
 
 Anchors za (n, D) against candidates zc (M, D), both L2-normalized in the accumulation dtype; anchor i is
 candidate ``offset + i``. One process passes the same rows twice (offset 0); across ranks the candidates are
-the rows of every rank. Each function returns (row_loss (n,), n_pos (n,)); ops/_pairwise.py reduces them.
+the rows of every rank. Each function returns (row_loss (n,), n_pos (n,)); ops/_contrastive.py reduces them.
 """
 from __future__ import annotations
 
