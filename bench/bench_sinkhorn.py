@@ -31,8 +31,9 @@ import os
 import torch
 
 from regops import _registry
+from regops._constants import COST_IDS
 from regops.ot import _backend
-from regops.ot import _solver
+from regops.ot import _epsilon, _solver
 from regops.reference import sinkhorn as reference
 
 from harness import Case
@@ -55,7 +56,7 @@ def _clouds(n, d, device, seed=0):
 
 def _eps(x, y):
     """OTT's default, 0.05·std(C), as every provider gets it."""
-    mean, msq = _solver.sqeuclidean_moments(x[None], y[None])
+    mean, msq = _epsilon.sqeuclidean_moments(x[None], y[None])
     return float(0.05 * (msq - mean * mean).clamp_min(0).sqrt())
 
 
@@ -248,7 +249,7 @@ QUICK_EPS = [(2000, 3)]
 
 def _moments_float64_entries(x, y, cost):
     B, N, M = x.shape[0], x.shape[1], y.shape[1]
-    rows = max(1, _solver._STAT_CHUNK // M)
+    rows = max(1, _epsilon._STAT_CHUNK // M)
     s1 = x.new_zeros(B, dtype=torch.float64)
     s2 = x.new_zeros(B, dtype=torch.float64)
     for i in range(0, N, rows):
@@ -262,7 +263,7 @@ def eps_cases(sizes, device):
     out = []
     for cost in ("euclidean", "cosine"):
         op = f"ot.sinkhorn/default-eps {cost}"
-        cid = reference.COST_IDS[cost]
+        cid = COST_IDS[cost]
         for n, d in sizes:
             size = f"N=M={n} d={d}"
 
@@ -271,12 +272,12 @@ def eps_cases(sizes, device):
                 return x[None], y[None]
 
             def ours(s, cid=cid):
-                return ot/_epsilon.py::cost_moments(*s, cid)[0].item()
+                return _epsilon.cost_moments(*s, cid)[0].item()
 
             def float64_entries(s, cid=cid):
                 return _moments_float64_entries(*s, cid)[0].item()
 
-            chunk = _solver._STAT_CHUNK * 8
+            chunk = _epsilon._STAT_CHUNK * 8
             out.append(Case(op, size, "cpu" if device.type == "cpu" else device.type, setup, ours,
                             baseline="float64-entries", predicted_bytes=2 * n * d * F32 + 2 * chunk, min_reps=3))
             out.append(Case(op, size, "float64-entries", setup, float64_entries, baseline="float64-entries",
