@@ -28,7 +28,6 @@ from .reference import sinkhorn as _reference_sinkhorn
 
 IMPLS = ("reference", "cpu", "cuda", "triton")
 KERNEL_IMPLS = ("cpu", "cuda", "triton")
-FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 @dataclass(frozen=True)
@@ -65,22 +64,13 @@ class Engine:
         """The reference (always) and the kernel impls this engine has."""
         return ("reference",) + tuple(i for i in KERNEL_IMPLS if i in self.ops)
 
-    def schemas(self) -> list[str]:
-        """The regops:: ops of every kernel impl."""
-        names = []
-        for impl in KERNEL_IMPLS:
-            names += [n for n in self.ops.get(impl, {}).values() if n not in names]
-        return names
-
 
 @dataclass(frozen=True)
 class OpSpec:
-    """One public op. ``path``: where users call it (``regops.<path>``); ``engine``: the kernels it picks an impl
-    of; ``also``: engines it calls as well (P²OT steps with the Sinkhorn kernels); ``needs[impl]``: the role of the
-    engine that impl needs, where it is not the first."""
+    """One public op. ``name``: where users call it (``regops.<name>``); ``engine``: the kernels it picks an impl
+    of; ``needs[impl]``: the role of the engine that impl needs, where it is not the first."""
     name: str
     engine: Optional[Engine]
-    also: tuple = ()
     needs: Mapping[str, str] = field(default_factory=dict)
 
     def impls(self) -> tuple:
@@ -156,8 +146,8 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in (
     OpSpec("ot.sinkhorn_from_cost", SINKHORN),
     OpSpec("ot.sinkhorn_divergence", SINKHORN),
     OpSpec("monge_gap", SINKHORN),
-    OpSpec("p2ot_plan", P2OT, also=(SINKHORN,)),
-    OpSpec("sp2ot_plan", P2OT, also=(SINKHORN,)),
+    OpSpec("p2ot_plan", P2OT),
+    OpSpec("sp2ot_plan", P2OT),
     OpSpec("graddrop_", GRADDROP),
     OpSpec("graddrop_keep_prob", GRADDROP),
 )}
