@@ -18,6 +18,8 @@ $(VENV)/.deps:
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip setuptools wheel
 	$(VENV)/bin/pip install -q torch==2.14.1 $(TEST_DEPS) $(PEER_DEPS)
+	# Liger-Kernel's chunked losses are a bench peer (pure PyTorch); --no-deps keeps torch's own triton
+	$(VENV)/bin/pip install -q --no-deps liger-kernel==0.8.5 || echo "liger-kernel not installed: its bench rows are skipped"
 	touch $@
 
 build: $(VENV)/.deps

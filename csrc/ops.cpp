@@ -89,4 +89,16 @@ TORCH_LIBRARY(regops, m) {
   m.def("graddrop_apply_(Tensor(a!)[] out, Tensor[] grads_task, Tensor[] grads_reg, float lam, int seed) -> Tensor");
   // P = (sgn(a)·(a + b)/(|a| + |b| + 1e-8) + 1)/2 elementwise, in float32, returned in a's dtype.
   m.def("graddrop_keep_prob(Tensor grad_task, Tensor grad_reg) -> Tensor");
+
+  // The preference engine's row math (regops/logsoftmax_math.h): one row of logits (rows, V) per token, in
+  // float32/float64/bfloat16, with targets (rows,) int64 in [0, V) or ignore_index. ref_logits (rows, V), the same
+  // dtype, is the reference model's logits (or log-probs) of the same token, for kl_mode 1 KL(ref‖π) or
+  // 2 KL(π‖ref); None for kl_mode 0. Returns logp = z_y − LSE(z), ref_logp (the same for the reference; 0 for kl_mode 0) and kl per row, in the accumulation dtype;
+  // ignored rows give 0. The GEMMs around it stay on torch (python/regops/ops/_fused_linear.py).
+  m.def("logsoftmax_rows(Tensor logits, Tensor targets, Tensor? ref_logits, int kl_mode, int ignore_index) "
+        "-> (Tensor logp, Tensor ref_logp, Tensor kl)");
+  // The same, and logits overwritten in place by d(grad_logp·logp + grad_kl·kl)/dz (grad_* (rows,), accumulation
+  // dtype); ignored rows become 0. The reference logits get no gradient.
+  m.def("logsoftmax_rows_grad_(Tensor(a!) logits, Tensor targets, Tensor? ref_logits, Tensor grad_logp, "
+        "Tensor grad_kl, int kl_mode, int ignore_index) -> (Tensor logp, Tensor ref_logp, Tensor kl)");
 }

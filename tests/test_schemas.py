@@ -96,6 +96,46 @@ def _grad_accumulate():
     return [mats, [torch.zeros_like(m) for m in mats], 0.1, False]
 
 
+def _lsm_rows(kl_mode=1):
+    z = torch.randn(5, 7, generator=_g(12))
+    q = torch.randn(5, 7, generator=_g(13)) if kl_mode else None
+    return [z, torch.tensor([0, 6, -100, 3, 2]), q, kl_mode, -100]
+
+
+def _rows_grad(kl_mode=2):
+    z, y, q, mode, ignore = _lsm_rows(kl_mode)
+    return [z, y, q, torch.randn(5, generator=_g(14)), torch.randn(5, generator=_g(15)), mode, ignore]
+
+
+def _head(grad=True):
+    x = torch.randn(6, 4, generator=_g(16), dtype=torch.float64).requires_grad_(grad)
+    w = torch.randn(9, 4, generator=_g(17), dtype=torch.float64).requires_grad_(grad)
+    return x, w, torch.tensor([1, -100, 8, 0, 3, 3]), torch.randn(6, 4, generator=_g(18), dtype=torch.float64), \
+        torch.randn(9, 4, generator=_g(19), dtype=torch.float64)
+
+
+def _logprobs():
+    x, w, y, rx, rw = _head()
+    return [x, w, y, rx, rw, 1, -100, 4, "cpu", False]
+
+
+def _logprobs_saved():
+    x, w, y, _, _ = _head()
+    return [x, w.detach(), y, None, None, 0, -100, 4, "cpu", True]
+
+
+def _logprobs_bwd():
+    x, w, y, rx, rw = _head(grad=False)
+    g = torch.linspace(-1, 1, 6, dtype=torch.float64)
+    return [g, g.flip(0), x, w, y, rx, rw, 2, -100, 4, "cpu", True, True]
+
+
+def _linear_loss():
+    x, w, y, rx, rw = _head()
+    g = torch.linspace(0, 1, 6, dtype=torch.float64)
+    return [x, w, y, rx, rw, g, g.flip(0), 1, -100, 4, "cpu", True, True]
+
+
 # schema (its C++ name; the Triton op of the same role shares the samples) -> sample argument lists
 SAMPLES = {
     "contrastive_fwd": [_contrastive_supcon, _contrastive_conr],
@@ -111,6 +151,11 @@ SAMPLES = {
     "p2ot_scaling_pass": [_p2ot],
     "graddrop_apply_": [_graddrop],
     "graddrop_keep_prob": [_keep_prob],
+    "logsoftmax_rows": [_lsm_rows, lambda: _lsm_rows(0)],
+    "logsoftmax_rows_grad_": [_rows_grad, lambda: _rows_grad(0)],
+    "fused_linear_logprobs": [_logprobs, _logprobs_saved],
+    "fused_linear_logprobs_backward": [_logprobs_bwd],
+    "fused_linear_linear_loss": [_linear_loss],
 }
 TRITON_OF = {t: c for e in _registry.ENGINES for role, c in e.ops.get("cpu", {}).items()
              for t in [e.ops.get("triton", {}).get(role)] if t}
@@ -329,12 +374,46 @@ GRADDROP_KEEP_PROB = {
     "grad_reg shape": lambda: [_f32(3, 4), _f32(4, 3)],
 }
 
+def _rows_args(**kw):
+    args = dict(logits=_f32(4, 6), targets=torch.tensor([0, 1, 5, -100]), ref_logits=_f32(4, 6), kl_mode=1,
+                ignore_index=-100)
+    args.update(kw)
+    return list(args.values())
+
+
+def _rows_grad_args(**kw):
+    args = dict(logits=_f32(4, 6), targets=torch.tensor([0, 1, 5, -100]), ref_logits=None, grad_logp=_f32(4),
+                grad_kl=_f32(4), kl_mode=0, ignore_index=-100)
+    args.update(kw)
+    return list(args.values())
+
+
+LOGSOFTMAX_ROWS = {
+    "logits 1-D": lambda: _rows_args(logits=_f32(6), targets=torch.tensor([0])),
+    "logits float16": lambda: _rows_args(logits=_f32(4, 6).half(), ref_logits=_f32(4, 6).half()),
+    "no vocabulary": lambda: _rows_args(logits=_f32(4, 0), ref_logits=_f32(4, 0)),
+    "targets of another length": lambda: _rows_args(targets=torch.tensor([0, 1])),
+    "targets int32": lambda: _rows_args(targets=torch.tensor([0, 1, 5, 2], dtype=torch.int32)),
+    "kl_mode 3": lambda: _rows_args(kl_mode=3),
+    "ref_logits missing": lambda: _rows_args(ref_logits=None),
+    "ref_logits for kl_mode 0": lambda: _rows_args(kl_mode=0),
+    "ref_logits shape": lambda: _rows_args(ref_logits=_f32(4, 5)),
+    "ref_logits dtype": lambda: _rows_args(ref_logits=_f32(4, 6).double()),
+}
+
+LOGSOFTMAX_ROWS_GRAD = {
+    "grad_logp of another length": lambda: _rows_grad_args(grad_logp=_f32(3)),
+    "grad_kl float64": lambda: _rows_grad_args(grad_kl=_f32(4).double()),
+    "logits 3-D": lambda: _rows_grad_args(logits=_f32(2, 2, 6)),
+}
+
 BAD_ARGS = {
     "contrastive_fwd": CONTRASTIVE_FWD, "contrastive_bwd": CONTRASTIVE_BWD,
     "orthonormal_penalty_fwd": ORTHONORMAL_FWD, "orthonormal_penalty_bwd": ORTHONORMAL_BWD,
     "sinkhorn_update": SINKHORN_UPDATE, "sinkhorn_cost_grad": SINKHORN_COST_GRAD, "sinkhorn_apply": SINKHORN_APPLY,
     "sinkhorn_update_dense": SINKHORN_DENSE, "p2ot_scaling_pass": P2OT_PASS,
     "graddrop_apply_": GRADDROP_APPLY, "graddrop_keep_prob": GRADDROP_KEEP_PROB,
+    "logsoftmax_rows": LOGSOFTMAX_ROWS, "logsoftmax_rows_grad_": LOGSOFTMAX_ROWS_GRAD,
 }
 # Schemas with a single backend (nothing to compare) or none of their own.
 NOT_COMPARED = {"orthonormal_grad_accumulate_": "a CPU kernel only, no other backend to agree with"}

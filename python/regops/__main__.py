@@ -35,10 +35,11 @@ def info() -> None:
     print("GPU-validated kernels (auto picks these on CUDA): " + (", ".join(f"{o}:{i}" for o, i in validated) or "none"))
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print()
-    header = f"{'op':<24}{'engine':<13}" + "".join(f"{d.type + ':' + i:>16}" for d in devices for i in _registry.IMPLS)
+    w = max(len(n) for n in _registry.OPS) + 2
+    header = f"{'op':<{w}}{'engine':<14}" + "".join(f"{d.type + ':' + i:>16}" for d in devices for i in _registry.IMPLS)
     print(header)
     for name, spec in _registry.OPS.items():
-        row = f"{name:<24}{spec.engine.name if spec.engine else '-':<13}"
+        row = f"{name:<{w}}{spec.engine.name if spec.engine else '-':<14}"
         for d in devices:
             for impl in _registry.IMPLS:
                 row += f"{('yes' if _registry.available(name, impl, d)[0] else '-'):>16}"

@@ -128,7 +128,15 @@ GRADDROP = Engine("graddrop", ops={
     "triton": {"apply": "graddrop_apply_triton", "keep_prob": "graddrop_keep_prob_triton"},
 }, autograd={"apply": Autograd("mutating"), "keep_prob": Autograd("no_grad", "graddrop_keep_prob", "the keep probability")})
 
-ENGINES = (CONTRASTIVE, ORTHONORMAL, SINKHORN, P2OT, GRADDROP)
+# The preference engine's row math (ops/_fused_linear.py runs the chunk loop and the GEMMs around it).
+FUSED_LINEAR = Engine("fused_linear", ops={
+    "cpu": {"stats": "logsoftmax_rows", "grad": "logsoftmax_rows_grad_"},
+    "cuda": {"stats": "logsoftmax_rows", "grad": "logsoftmax_rows_grad_"},
+    "triton": {"stats": "logsoftmax_rows_triton", "grad": "logsoftmax_rows_grad_triton"},
+}, autograd={"stats": Autograd("no_grad", "fused_linear_preference_loss", "the log-softmax row kernel"),
+             "grad": Autograd("mutating")})
+
+ENGINES = (CONTRASTIVE, ORTHONORMAL, SINKHORN, P2OT, GRADDROP, FUSED_LINEAR)
 ENGINE_BY_NAME = {e.name: e for e in ENGINES}
 
 # ---- the public ops (their name is their path under regops) ----
@@ -150,6 +158,11 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in (
     OpSpec("sp2ot_plan", P2OT),
     OpSpec("graddrop_", GRADDROP),
     OpSpec("graddrop_keep_prob", GRADDROP),
+    OpSpec("preference_loss", None),
+    OpSpec("fused_linear_preference_loss", FUSED_LINEAR),
+    OpSpec("rrpo_loss", FUSED_LINEAR),
+    OpSpec("kl_to_reference", FUSED_LINEAR),
+    OpSpec("cream_consistency", None),
 )}
 
 # Schemas that belong to no engine: build facts and the CPU output cache (csrc/ops.cpp).
