@@ -101,4 +101,17 @@ TORCH_LIBRARY(regops, m) {
   // dtype); ignored rows become 0. The reference logits get no gradient.
   m.def("logsoftmax_rows_grad_(Tensor(a!) logits, Tensor targets, Tensor? ref_logits, Tensor grad_logp, "
         "Tensor grad_kl, int kl_mode, int ignore_index) -> (Tensor logp, Tensor ref_logp, Tensor kl)");
+
+  // Classification-side row losses (regops/class_rows_math.h), one row of logits (B, C) per sample in
+  // float32/float64/bfloat16; loss (B,) and grad (B, C) = d loss/dz (when want_grad, else
+  // (0, C)) in the accumulation dtype. Class indices are int64 in [0, C).
+  // Decoupled mixup: classes (B, 2) the two mixed classes [a, b]; coeffs (B, 4) [w_a, w_b, e_a, e_b] (accumulation
+  // dtype). loss = −w_a·log p_a − w_b·log p_b − e_a·log q^a_a − e_b·log q^b_b, q^c = softmax over c and the classes
+  // other than a and b.
+  m.def("mixup_rows(Tensor logits, Tensor classes, Tensor coeffs, bool want_grad) -> (Tensor loss, Tensor grad)");
+  // ELR: buffer_rows (B, C), the target-buffer rows before the step (accumulation dtype); beta in [0, 1).
+  // new_rows = β·t + (1 − β)·p̂/Σp̂ with p̂ = clamp(softmax(z), 1e-4, 1 − 1e-4);
+  // loss = LSE(z) − z_y + lam·log(1 − ⟨new_rows, p̂⟩). No gradient flows into the buffer.
+  m.def("elr_rows(Tensor logits, Tensor targets, Tensor buffer_rows, float beta, float lam, bool want_grad) "
+        "-> (Tensor loss, Tensor grad, Tensor new_rows)");
 }

@@ -137,6 +137,20 @@ def _linear_loss():
 
 
 # schema (its C++ name; the Triton op of the same role shares the samples) -> sample argument lists
+def _mixup_rows(want_grad=True, C=5):
+    z = _rows(4, C, grad=want_grad)
+    return [z, torch.tensor([[0, 1], [2, 2], [C - 1, 0], [3, 1]]) % C, torch.rand(4, 4, generator=_g(3)), want_grad]
+
+
+def _elr_rows(want_grad=True):
+    t = torch.rand(4, 5, generator=_g(4)) / 5
+    return [_rows(4, 5, grad=want_grad), torch.tensor([0, 4, 2, 2]), t, 0.7, 3.0, want_grad]
+
+
+def _row_grad_scale():
+    return [torch.rand(4, generator=_g(5)), torch.randn(4, 5, generator=_g(6)), torch.randn(4, 5).to(torch.bfloat16)]
+
+
 SAMPLES = {
     "contrastive_fwd": [_contrastive_supcon, _contrastive_conr],
     "contrastive_bwd": [_contrastive_bwd],
@@ -156,6 +170,9 @@ SAMPLES = {
     "fused_linear_logprobs": [_logprobs, _logprobs_saved],
     "fused_linear_logprobs_backward": [_logprobs_bwd],
     "fused_linear_linear_loss": [_linear_loss],
+    "mixup_rows": [_mixup_rows, lambda: _mixup_rows(False), lambda: _mixup_rows(True, C=2)],
+    "elr_rows": [_elr_rows, lambda: _elr_rows(False)],
+    "row_grad_scale": [_row_grad_scale],
 }
 TRITON_OF = {t: c for e in _registry.ENGINES for role, c in e.ops.get("cpu", {}).items()
              for t in [e.ops.get("triton", {}).get(role)] if t}
@@ -407,6 +424,40 @@ LOGSOFTMAX_ROWS_GRAD = {
     "logits 3-D": lambda: _rows_grad_args(logits=_f32(2, 2, 6)),
 }
 
+def _mixup_rows_args(**kw):
+    a = dict(logits=_f32(4, 5), classes=_ids(4, 2), coeffs=_f32(4, 4), want_grad=True)
+    a.update(kw)
+    return list(a.values())
+
+
+MIXUP_ROWS = {
+    "logits 1-D": lambda: _mixup_rows_args(logits=_f32(5)),
+    "logits int": lambda: _mixup_rows_args(logits=_ids(4, 5)),
+    "logits with no class": lambda: _mixup_rows_args(logits=_f32(4, 0)),
+    "classes (B,)": lambda: _mixup_rows_args(classes=_ids(4)),
+    "classes int32": lambda: _mixup_rows_args(classes=_ids(4, 2).int()),
+    "coeffs (B, 3)": lambda: _mixup_rows_args(coeffs=_f32(4, 3)),
+    "coeffs float64 for float32 logits": lambda: _mixup_rows_args(coeffs=_f32(4, 4).double()),
+}
+
+
+def _elr_rows_args(**kw):
+    a = dict(logits=_f32(4, 5), targets=_ids(4), buffer_rows=_f32(4, 5).abs() / 5, beta=0.7, lam=3.0,
+             want_grad=True)
+    a.update(kw)
+    return list(a.values())
+
+
+ELR_ROWS = {
+    "logits 3-D": lambda: _elr_rows_args(logits=_f32(2, 2, 5)),
+    "targets of another length": lambda: _elr_rows_args(targets=_ids(3)),
+    "targets float": lambda: _elr_rows_args(targets=_f32(4)),
+    "buffer_rows of another width": lambda: _elr_rows_args(buffer_rows=_f32(4, 6)),
+    "buffer_rows bfloat16": lambda: _elr_rows_args(buffer_rows=_f32(4, 5).to(torch.bfloat16)),
+    "beta 1": lambda: _elr_rows_args(beta=1.0),
+    "lam inf": lambda: _elr_rows_args(lam=float("inf")),
+}
+
 BAD_ARGS = {
     "contrastive_fwd": CONTRASTIVE_FWD, "contrastive_bwd": CONTRASTIVE_BWD,
     "orthonormal_penalty_fwd": ORTHONORMAL_FWD, "orthonormal_penalty_bwd": ORTHONORMAL_BWD,
@@ -414,6 +465,7 @@ BAD_ARGS = {
     "sinkhorn_update_dense": SINKHORN_DENSE, "p2ot_scaling_pass": P2OT_PASS,
     "graddrop_apply_": GRADDROP_APPLY, "graddrop_keep_prob": GRADDROP_KEEP_PROB,
     "logsoftmax_rows": LOGSOFTMAX_ROWS, "logsoftmax_rows_grad_": LOGSOFTMAX_ROWS_GRAD,
+    "mixup_rows": MIXUP_ROWS, "elr_rows": ELR_ROWS,
 }
 # Schemas with a single backend (nothing to compare) or none of their own.
 NOT_COMPARED = {"orthonormal_grad_accumulate_": "a CPU kernel only, no other backend to agree with"}

@@ -136,7 +136,15 @@ FUSED_LINEAR = Engine("fused_linear", ops={
 }, autograd={"stats": Autograd("no_grad", "fused_linear_preference_loss", "the log-softmax row kernel"),
              "grad": Autograd("mutating")})
 
-ENGINES = (CONTRASTIVE, ORTHONORMAL, SINKHORN, P2OT, GRADDROP, FUSED_LINEAR)
+# Classification-side row losses (decoupled mixup, ELR): loss and gradient in one row pass; the backward is
+# regops::row_grad_scale (ops/_row_grad.py), which raises on a double backward.
+CLASS_ROWS = Engine("class_rows", ops={
+    "cpu": {"mixup": "mixup_rows", "elr": "elr_rows"},
+    "cuda": {"mixup": "mixup_rows", "elr": "elr_rows"},
+    "triton": {"mixup": "mixup_rows_triton", "elr": "elr_rows_triton"},
+}, autograd={"mixup": _FORMULA, "elr": _FORMULA})
+
+ENGINES = (CONTRASTIVE, ORTHONORMAL, SINKHORN, P2OT, GRADDROP, FUSED_LINEAR, CLASS_ROWS)
 ENGINE_BY_NAME = {e.name: e for e in ENGINES}
 
 # ---- the public ops (their name is their path under regops) ----
@@ -163,6 +171,8 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in (
     OpSpec("rrpo_loss", FUSED_LINEAR),
     OpSpec("kl_to_reference", FUSED_LINEAR),
     OpSpec("cream_consistency", None),
+    OpSpec("decoupled_mixup_loss", CLASS_ROWS),
+    OpSpec("elr_loss", CLASS_ROWS, needs={"cpu": "elr", "cuda": "elr", "triton": "elr"}),
 )}
 
 # Schemas that belong to no engine: build facts and the CPU output cache (csrc/ops.cpp).

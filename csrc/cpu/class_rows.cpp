@@ -1,0 +1,182 @@
+// CPU kernels of the classification-side row losses (regops/class_rows_math.h has the per-row formulas, shared
+// with the CUDA kernels). One thread takes whole rows (torch's pool over rows); a row is read into the
+// accumulation dtype once, its exponentials go through the vector exp of simd_exp.h, and loss and gradient come
+// out of the same pass: the backward is then one multiply by the upstream gradient. The gradient rows stay in
+// the accumulation dtype, so that a bfloat16 gradient is rounded once, after that multiply.
+//   mixup_rows: decoupled mixup (soft mixup CE + each mixed class against the non-mixed ones)
+//   elr_rows:   ELR (CE + λ·log(1 − ⟨t', p̂⟩)), with the buffer rows' EMA step t' returned
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "regops/checks.h"
+#include "regops/class_rows_checks.h"
+#include "regops/class_rows_math.h"
+#include "simd_exp.h"
+
+namespace regops {
+namespace {
+
+template <typename scalar_t>
+using acc_of = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+int64_t grain_for(int64_t C) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(C, 1)); }
+
+void check_in_range(const char* op, const char* arg, const at::Tensor& idx, int64_t C) {
+  const int64_t* y = idx.const_data_ptr<int64_t>();
+  for (int64_t i = 0; i < idx.numel(); ++i) {
+    REGOPS_CHECK_VALUE(y[i] >= 0 && y[i] < C, op, arg, "class indices in [0, " + std::to_string(C) + ")",
+                       std::to_string(y[i]) + " at entry " + std::to_string(i));
+  }
+}
+
+// Row i of x in the accumulation dtype: x itself when the dtypes agree, else converted into `buf`.
+template <typename scalar_t, typename acc_t>
+const acc_t* row_in(const scalar_t* x, int64_t i, int64_t C, std::vector<acc_t>& buf) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return x + i * C;
+  } else {
+    for (int64_t k = 0; k < C; ++k) buf[k] = static_cast<acc_t>(x[i * C + k]);
+    return buf.data();
+  }
+}
+
+// ---------------------------------------------------------------- decoupled mixup
+
+template <typename scalar_t>
+void mixup_run(const at::Tensor& logits, const at::Tensor& classes, const at::Tensor& coeffs, at::Tensor& loss,
+               at::Tensor* grad) {
+  using acc_t = acc_of<scalar_t>;
+  const int64_t B = logits.size(0), C = logits.size(1);
+  const scalar_t* z_all = logits.const_data_ptr<scalar_t>();
+  const int64_t* ab = classes.const_data_ptr<int64_t>();
+  const acc_t* co = coeffs.const_data_ptr<acc_t>();
+  acc_t* loss_p = loss.mutable_data_ptr<acc_t>();
+  acc_t* g_all = grad ? grad->mutable_data_ptr<acc_t>() : nullptr;
+  at::parallel_for(0, B, grain_for(C), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> zb(std::is_same_v<scalar_t, acc_t> ? 0 : C), e(C);
+    for (int64_t i = begin; i < end; ++i) {
+      const acc_t* z = row_in<scalar_t, acc_t>(z_all, i, C, zb);
+      const int64_t a = ab[2 * i], b = ab[2 * i + 1];
+      const cls::MixupCoeffs<acc_t> c{co[4 * i], co[4 * i + 1], co[4 * i + 2], co[4 * i + 3]};
+      // The rest's exponentials relative to the rest's own max, so that a dominant mixed class cannot flush them.
+      acc_t m = -std::numeric_limits<acc_t>::infinity();
+      for (int64_t k = 0; k < C; ++k)
+        if (k != a && k != b) m = std::max(m, z[k]);
+      lsm::Lse<acc_t> rest{acc_t(0), acc_t(0)};
+      if (m > -std::numeric_limits<acc_t>::infinity()) {
+        simd::exp_shift(z, e.data(), C, m);
+        e[a] = e[b] = acc_t(0);
+        acc_t s = 0;
+        for (int64_t k = 0; k < C; ++k) s += e[k];
+        rest = {m, s};
+      }
+      const auto row = cls::mixup_row<acc_t>(z[a], z[b], a == b, rest, c);
+      loss_p[i] = row.loss;
+      if (!g_all) continue;
+      acc_t* g = g_all + i * C;
+      if (rest.sum > acc_t(0)) {
+        const acc_t scale = cls::mixup_rest_scale(row, c, m);
+        for (int64_t k = 0; k < C; ++k) g[k] = e[k] * scale;
+      } else {
+        std::fill(g, g + C, acc_t(0));
+      }
+      g[a] = cls::mixup_grad(z[a], true, a == b, row, c);
+      g[b] = cls::mixup_grad(z[b], a == b, true, row, c);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> mixup_rows_cpu(const at::Tensor& logits, const at::Tensor& classes,
+                                                  const at::Tensor& coeffs, bool want_grad) {
+  check_mixup_rows(logits, classes, coeffs, c10::DeviceType::CPU);
+  const int64_t B = logits.size(0), C = logits.size(1);
+  const auto acc = acc_type(logits.scalar_type());
+  auto loss = at::empty({B}, logits.options().dtype(acc));
+  auto grad = at::empty({want_grad ? B : 0, C}, logits.options().dtype(acc));
+  if (B == 0) return {loss, grad};
+  const auto ab = classes.contiguous();
+  check_in_range(kMixupRowsOp, "classes", ab, C);
+  const auto z = logits.contiguous();
+  const auto co = coeffs.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, logits.scalar_type(), "mixup_rows", [&] {
+    mixup_run<scalar_t>(z, ab, co, loss, want_grad ? &grad : nullptr);
+  });
+  return {loss, grad};
+}
+
+// ---------------------------------------------------------------- ELR
+
+template <typename scalar_t>
+void elr_run(const at::Tensor& logits, const at::Tensor& targets, const at::Tensor& buffer_rows, double beta,
+             double lam, at::Tensor& loss, at::Tensor* grad, at::Tensor& new_rows) {
+  using acc_t = acc_of<scalar_t>;
+  const int64_t B = logits.size(0), C = logits.size(1);
+  const scalar_t* z_all = logits.const_data_ptr<scalar_t>();
+  const int64_t* y_all = targets.const_data_ptr<int64_t>();
+  const acc_t* t_all = buffer_rows.const_data_ptr<acc_t>();
+  acc_t* loss_p = loss.mutable_data_ptr<acc_t>();
+  acc_t* nt_all = new_rows.mutable_data_ptr<acc_t>();
+  acc_t* g_all = grad ? grad->mutable_data_ptr<acc_t>() : nullptr;
+  at::parallel_for(0, B, grain_for(C), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> zb(std::is_same_v<scalar_t, acc_t> ? 0 : C), p(C);
+    for (int64_t i = begin; i < end; ++i) {
+      const acc_t* z = row_in<scalar_t, acc_t>(z_all, i, C, zb);
+      const acc_t* t = t_all + i * C;
+      acc_t* nt = nt_all + i * C;
+      const int64_t y = y_all[i];
+      acc_t m = -std::numeric_limits<acc_t>::infinity();
+      for (int64_t k = 0; k < C; ++k) m = std::max(m, z[k]);
+      simd::exp_shift(z, p.data(), C, m);
+      acc_t s = 0;
+      for (int64_t k = 0; k < C; ++k) s += p[k];
+      const acc_t inv = acc_t(1) / s;
+      cls::ElrSums<acc_t> sums{0, 0, 0, 0, 0};
+      for (int64_t k = 0; k < C; ++k) {
+        p[k] *= inv;
+        cls::elr_accumulate(sums, p[k], t[k]);
+      }
+      const auto row = cls::elr_row<acc_t>(sums, m + std::log(s), z[y], acc_t(beta), acc_t(lam));
+      loss_p[i] = row.loss;
+      for (int64_t k = 0; k < C; ++k) nt[k] = cls::elr_new_target(row, p[k], t[k]);
+      if (!g_all) continue;
+      acc_t* g = g_all + i * C;
+      for (int64_t k = 0; k < C; ++k) g[k] = cls::elr_grad(row, p[k], nt[k], k == y);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> elr_rows_cpu(const at::Tensor& logits, const at::Tensor& targets,
+                                                            const at::Tensor& buffer_rows, double beta, double lam,
+                                                            bool want_grad) {
+  check_elr_rows(logits, targets, buffer_rows, beta, lam, c10::DeviceType::CPU);
+  const int64_t B = logits.size(0), C = logits.size(1);
+  const auto acc = acc_type(logits.scalar_type());
+  auto loss = at::empty({B}, logits.options().dtype(acc));
+  auto grad = at::empty({want_grad ? B : 0, C}, logits.options().dtype(acc));
+  auto new_rows = at::empty({B, C}, logits.options().dtype(acc));
+  if (B == 0) return {loss, grad, new_rows};
+  const auto y = targets.contiguous();
+  check_in_range(kElrRowsOp, "targets", y, C);
+  const auto z = logits.contiguous();
+  const auto t = buffer_rows.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, logits.scalar_type(), "elr_rows", [&] {
+    elr_run<scalar_t>(z, y, t, beta, lam, loss, want_grad ? &grad : nullptr, new_rows);
+  });
+  return {loss, grad, new_rows};
+}
+
+}  // namespace
+}  // namespace regops
+
+TORCH_LIBRARY_IMPL(regops, CPU, m) {
+  m.impl("mixup_rows", &regops::mixup_rows_cpu);
+  m.impl("elr_rows", &regops::elr_rows_cpu);
+}
