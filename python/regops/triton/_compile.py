@@ -12,7 +12,8 @@ kernels lists them in a module-level ``KERNELS``: one dict per cubin with the ke
   other specs are reported as "<kernel name>[<variant>]".
 
 A jit kernel that a module defines but leaves out of its KERNELS is an error here, so a new kernel
-cannot skip this check. Run as ``python -m regops.triton._compile [ARCH]`` with TRITON_INTERPRET
+cannot skip this check. Jit functions named with a leading underscore are device helpers: they are compiled
+inside the kernels that call them. Run as ``python -m regops.triton._compile [ARCH]`` with TRITON_INTERPRET
 unset (the interpreter replaces @triton.jit at import time, and interpreted kernels cannot be
 compiled).
 """
@@ -56,7 +57,7 @@ def collect_specs() -> list[tuple[str, dict]]:
             specs.append((name if variant is None else f"{name}[{variant}]", spec))
         for attr, value in vars(mod).items():
             if isinstance(value, triton.runtime.jit.JITFunction) and value.__module__ == mod.__name__ \
-                    and value.__name__ not in covered:
+                    and value.__name__ not in covered and not value.__name__.startswith("_"):
                 raise RuntimeError(f"regops.triton._compile: {mod.__name__}.{attr} is a @triton.jit kernel "
                                    "missing from that module's KERNELS")
     return specs
