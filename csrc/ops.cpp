@@ -101,4 +101,12 @@ TORCH_LIBRARY(regops, m) {
   // dtype); ignored rows become 0. The reference logits get no gradient.
   m.def("logsoftmax_rows_grad_(Tensor(a!) logits, Tensor targets, Tensor? ref_logits, Tensor grad_logp, "
         "Tensor grad_kl, int kl_mode, int ignore_index) -> (Tensor logp, Tensor ref_logp, Tensor kl)");
+
+  // Parameter repulsion of "Adapt then Unlearn" (regops/repulsion_math.h). params[i] and anchor_means[i] share
+  // shape, dtype (one of float32/float64/bfloat16/float16 for the whole list) and device. Returns the per-tensor
+  // sums Σ_e (θ_e − φ̄_e)² (T,) in the accumulation dtype (float32 for float32/bfloat16/float16, float64 for
+  // float64); the reduction to the loss is Python's (python/regops/ops/repulsion.py). One call for the whole list.
+  m.def("repulsion_fwd(Tensor[] params, Tensor[] anchor_means) -> Tensor");
+  // d(Σ_i grad_sums_i·sums_i)/dparams: 2·grad_sums_i·(θ_i − φ̄_i) per tensor, in params' dtype, contiguous.
+  m.def("repulsion_bwd(Tensor grad_sums, Tensor[] params, Tensor[] anchor_means) -> Tensor[]");
 }
