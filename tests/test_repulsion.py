@@ -257,7 +257,7 @@ def test_errors(impl):
                                          r"anchors .*got R = 0"):
         call(params, [p.detach() for p in params], kind="inverse")
     # R = 0 is fine for the other kinds
-    assert float(call(params, [p.detach() for p in params], kind="neg_l2")) == 0.0
+    assert float(call(params, [p.detach() for p in params], kind="neg_l2").detach()) == 0.0
 
 
 @pytest.mark.parametrize("impl", IMPLS)

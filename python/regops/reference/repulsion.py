@@ -13,7 +13,6 @@ params θ_p (p ∈ P) and K anchor models φ_{k,p} (the negatively adapted gener
 """
 from __future__ import annotations
 
-
 import torch
 
 KINDS = ("inverse", "exp", "neg_l2")
