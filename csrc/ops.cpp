@@ -114,4 +114,12 @@ TORCH_LIBRARY(regops, m) {
   // loss = LSE(z) − z_y + lam·log(1 − ⟨new_rows, p̂⟩). No gradient flows into the buffer.
   m.def("elr_rows(Tensor logits, Tensor targets, Tensor buffer_rows, float beta, float lam, bool want_grad) "
         "-> (Tensor loss, Tensor grad, Tensor new_rows)");
+
+  // Parameter repulsion of "Adapt then Unlearn" (regops/repulsion_math.h). params[i] and anchor_means[i] share
+  // shape, dtype (one of float32/float64/bfloat16/float16 for the whole list) and device. Returns the per-tensor
+  // sums Σ_e (θ_e − φ̄_e)² (T,) in the accumulation dtype (float32 for float32/bfloat16/float16, float64 for
+  // float64); the reduction to the loss is Python's (python/regops/ops/repulsion.py). One call for the whole list.
+  m.def("repulsion_fwd(Tensor[] params, Tensor[] anchor_means) -> Tensor");
+  // d(Σ_i grad_sums_i·sums_i)/dparams: 2·grad_sums_i·(θ_i − φ̄_i) per tensor, in params' dtype, contiguous.
+  m.def("repulsion_bwd(Tensor grad_sums, Tensor[] params, Tensor[] anchor_means) -> Tensor[]");
 }

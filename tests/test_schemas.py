@@ -174,6 +174,19 @@ SAMPLES = {
     "elr_rows": [_elr_rows, lambda: _elr_rows(False)],
     "row_grad_scale": [_row_grad_scale],
 }
+# parameter repulsion (repulsion_fwd / repulsion_bwd and their Triton ops)
+def _rep_lists(grad=True, dtype=torch.float32):
+    ps = [torch.randn(3, 4, generator=_g(20), dtype=dtype).requires_grad_(grad),
+          torch.randn(5, generator=_g(21), dtype=dtype).requires_grad_(grad), torch.tensor(0.5, dtype=dtype)]
+    return [ps, [torch.randn(p.shape, generator=_g(22 + i), dtype=dtype) for i, p in enumerate(ps)]]
+
+
+SAMPLES.update({
+    "repulsion_fwd": [_rep_lists, lambda: _rep_lists(dtype=torch.float64)],
+    "repulsion_bwd": [lambda: [torch.randn(3, generator=_g(25))] + _rep_lists(grad=False)],
+})
+
+
 TRITON_OF = {t: c for e in _registry.ENGINES for role, c in e.ops.get("cpu", {}).items()
              for t in [e.ops.get("triton", {}).get(role)] if t}
 # Build facts and the output cache take no tensors: nothing for opcheck to check.
@@ -467,6 +480,31 @@ BAD_ARGS = {
     "logsoftmax_rows": LOGSOFTMAX_ROWS, "logsoftmax_rows_grad_": LOGSOFTMAX_ROWS_GRAD,
     "mixup_rows": MIXUP_ROWS, "elr_rows": ELR_ROWS,
 }
+def _rep(**kw):
+    args = dict(params=[_f32(3, 4), _f32(5)], anchor_means=[_f32(3, 4), _f32(5)])
+    args.update(kw)
+    return list(args.values())
+
+
+REPULSION_FWD = {
+    # (an empty list never reaches a kernel: the dispatcher has no tensor to dispatch on; param_repulsion raises)
+    "anchor_means shorter": lambda: _rep(anchor_means=[_f32(3, 4)]),
+    "params int64": lambda: _rep(params=[torch.ones(3, 4, dtype=torch.int64), torch.ones(5, dtype=torch.int64)],
+                                 anchor_means=[torch.ones(3, 4, dtype=torch.int64), torch.ones(5, dtype=torch.int64)]),
+    "params of two dtypes": lambda: _rep(params=[_f32(3, 4), _f32(5).double()]),
+    "anchor_means shape": lambda: _rep(anchor_means=[_f32(4, 3), _f32(5)]),
+    "anchor_means dtype": lambda: _rep(anchor_means=[_f32(3, 4), _f32(5).bfloat16()]),
+}
+
+REPULSION_BWD = {
+    "grad_sums of another length": lambda: [torch.ones(3)] + _rep(),
+    "grad_sums float64 for float32 params": lambda: [torch.ones(2, dtype=torch.float64)] + _rep(),
+    "grad_sums bfloat16 for bfloat16 params": lambda: [torch.ones(2).bfloat16()] + _rep(
+        params=[_f32(3, 4).bfloat16(), _f32(5).bfloat16()], anchor_means=[_f32(3, 4).bfloat16(), _f32(5).bfloat16()]),
+    "anchor_means longer": lambda: [torch.ones(2)] + _rep(anchor_means=[_f32(3, 4), _f32(5), _f32(1)]),
+}
+
+BAD_ARGS.update({"repulsion_fwd": REPULSION_FWD, "repulsion_bwd": REPULSION_BWD})
 # Schemas with a single backend (nothing to compare) or none of their own.
 NOT_COMPARED = {"orthonormal_grad_accumulate_": "a CPU kernel only, no other backend to agree with"}
 

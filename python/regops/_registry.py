@@ -175,6 +175,16 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in (
     OpSpec("elr_loss", CLASS_ROWS, needs={"cpu": "elr", "cuda": "elr", "triton": "elr"}),
 )}
 
+# ---- parameter repulsion ("Adapt then Unlearn"): one engine, one op ----
+REPULSION = Engine("repulsion", ops={
+    "cpu": {"fwd": "repulsion_fwd", "bwd": "repulsion_bwd"},
+    "cuda": {"fwd": "repulsion_fwd", "bwd": "repulsion_bwd"},
+    "triton": {"fwd": "repulsion_fwd_triton", "bwd": "repulsion_bwd_triton"},
+}, autograd={"fwd": _FORMULA, "bwd": Autograd("double_backward", "param_repulsion")})
+ENGINES += (REPULSION,)
+ENGINE_BY_NAME[REPULSION.name] = REPULSION
+OPS["param_repulsion"] = OpSpec("param_repulsion", REPULSION)
+
 # Schemas that belong to no engine: build facts and the CPU output cache (csrc/ops.cpp).
 UTILITY_SCHEMAS = ("_build_info", "_cpu_cache_clear", "_cpu_cache_idle_bytes")
 
