@@ -17,6 +17,7 @@ from . import masktune
 from .ops.kd import kd_loss
 from .ops.preference import (cream_consistency, fused_linear_preference_loss, kl_to_reference, preference_loss,
                              rrpo_loss)
+from .ops.spectral import SpectralNormState, adversarial_state_noise, spectral_norm_penalty
 from .ops import _autograd
 
 _autograd.register_all()
@@ -27,3 +28,4 @@ except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0.0.0+source"
 
 __all__ = ["conr_loss", "supcon_loss", "focal_supcon_loss", "hard_pair_mixup", "HardPairMixup", "empty_cache", "graddrop_", "graddrop_keep_prob", "masktune", "kd_loss", "preference_loss", "fused_linear_preference_loss", "rrpo_loss", "kl_to_reference", "cream_consistency", "monge_gap", "monge_gap_map", "p2ot_plan", "sp2ot_plan", "P2OT", "P2OTState", "rho_schedule", "topk_gaussian_similarity", "orthonormal_penalty", "sorsa_ortho_loss", "sorsa_regularize_", "nn", "ot", "__version__"]
+__all__ += ["spectral_norm_penalty", "SpectralNormState", "adversarial_state_noise"]

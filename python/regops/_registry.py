@@ -163,6 +163,8 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in (
     OpSpec("rrpo_loss", FUSED_LINEAR),
     OpSpec("kl_to_reference", FUSED_LINEAR),
     OpSpec("cream_consistency", None),
+    OpSpec("spectral_norm_penalty", None),
+    OpSpec("adversarial_state_noise", None),
 )}
 
 # Schemas that belong to no engine: build facts and the CPU output cache (csrc/ops.cpp).
