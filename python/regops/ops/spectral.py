@@ -380,7 +380,8 @@ def adversarial_state_noise(value_fn, states: torch.Tensor, eps: float, steps: i
                 got = (f"shape {tuple(values.shape)}" if isinstance(values, torch.Tensor)
                        else type(values).__name__)
                 _checks.fail(op, "value_fn", f"values of shape ({B}, ...) for states of batch {B}", got)
-            (grad,) = torch.autograd.grad(values.sum(), d, allow_unused=True)
+            total = values.sum()
+            grad = torch.autograd.grad(total, d, allow_unused=True)[0] if total.requires_grad else None
             if grad is None:  # the value does not depend on the states
                 grad = torch.zeros_like(d)
             grad = grad * sign
