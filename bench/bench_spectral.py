@@ -17,8 +17,8 @@ import regops
 
 from harness import Case
 
-SIZES = ((50, 512, 512), (200, 64, 64))
-QUICK_SIZES = ((50, 512, 512),)
+SIZES = ((50, 512, 512), (200, 64, 64), (50, 1024, 1024))
+QUICK_SIZES = ((50, 512, 512), (200, 64, 64))
 F32 = 4
 
 

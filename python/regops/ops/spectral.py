@@ -29,6 +29,9 @@ import torch.nn.functional as F
 from .. import _checks, _registry
 from .._constants import acc_dtype
 
+# Groups of matrices with at least this many elements iterate one layer at a time (torch.mv), smaller ones are
+# stacked and iterated with bmm: below it the per-op overhead dominates, above it the stacking copy does.
+_PER_LAYER_NUMEL = 1 << 16
 _NORM_EPS = 1e-12  # torch.nn.utils.parametrizations.spectral_norm's default eps for F.normalize
 
 
@@ -257,13 +260,31 @@ def spectral_norm_penalty(module_or_weights, n_power_iterations: int = 1, state:
         for g in state.groups:
             h, w = g.shape
             acc = g.u.dtype
-            mats = _stacked(g, [weights[i].detach().reshape(h, w) for i in g.indices], acc)
-            u, v = g.u, g.v
-            for _ in range(n_power_iterations):
-                # row-vector products (bmm of (G, 1, k) by (G, k, n)): BLAS's fastest layout for them here
-                u = F.normalize(torch.bmm(v.unsqueeze(1), mats.transpose(1, 2)).squeeze(1), dim=1, eps=_NORM_EPS)
-                t = torch.bmm(u.unsqueeze(1), mats).squeeze(1)   # Wᵀu
-                v = F.normalize(t, dim=1, eps=_NORM_EPS)
+            if h * w >= _PER_LAYER_NUMEL:
+                # large matrices: one mv per layer already streams W at memory bandwidth; stacking would add a
+                # full copy of the weights (measured slower on the CPU, bench/bench_spectral.py)
+                ts, vs_new, us_new = [], [], []
+                for k, i in enumerate(g.indices):
+                    W = weights[i].detach().reshape(h, w)
+                    W = W if W.dtype == acc else W.to(acc)
+                    uk, vk = g.u[k], g.v[k]
+                    for _ in range(n_power_iterations):
+                        uk = F.normalize(torch.mv(W, vk), dim=0, eps=_NORM_EPS)
+                        tk = torch.mv(W.t(), uk)
+                        vk = F.normalize(tk, dim=0, eps=_NORM_EPS)
+                    us_new.append(uk)
+                    vs_new.append(vk)
+                    ts.append(tk)
+                u, v, t = torch.stack(us_new), torch.stack(vs_new), torch.stack(ts)
+            else:
+                mats = _stacked(g, [weights[i].detach().reshape(h, w) for i in g.indices], acc)
+                u, v = g.u, g.v
+                for _ in range(n_power_iterations):
+                    # row-vector products (bmm of (G, 1, k) by (G, k, n)): BLAS's fastest layout for them here
+                    u = F.normalize(torch.bmm(v.unsqueeze(1), mats.transpose(1, 2)).squeeze(1), dim=1,
+                                    eps=_NORM_EPS)
+                    t = torch.bmm(u.unsqueeze(1), mats).squeeze(1)   # Wᵀu
+                    v = F.normalize(t, dim=1, eps=_NORM_EPS)
             g.u.copy_(u)
             g.v.copy_(v)
             sig_parts.append((t * v).sum(1))   # uᵀ W v = (Wᵀu)ᵀ v
