@@ -190,6 +190,18 @@ def test_fuzz_against_loop(shapes, n_iter, seed):
         assert_close(state.u(i), ref_u[i], torch.float64)
 
 
+def test_mixed_dtypes_form_separate_groups():
+    weights = [torch.randn(4, 3), torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.bfloat16)]
+    us, vs = random_vectors(weights)
+    state = SpectralNormState.from_vectors(weights, us, vs)
+    assert len(state.groups) == 3
+    _, sig, _ = spectral_norm_penalty(weights, 2, state)
+    ref, _, _ = loop_reference(weights, us, vs, 2)
+    assert sig.dtype == torch.float64  # the σ of all layers in one vector, promoted
+    assert_close(sig, ref, torch.float64, atol=1e-2, rtol=1e-2)
+    assert_close(sig[1], ref[1], torch.float64)
+
+
 def test_zero_weight_gives_zero_not_nan():
     w = torch.zeros(4, 3, requires_grad=True)
     _, sig, _ = spectral_norm_penalty([w], 1)

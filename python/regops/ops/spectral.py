@@ -58,7 +58,8 @@ class SpectralNormState:
     ``torch.nn.utils.parametrizations.spectral_norm``). Keyed by the ordered list of the weights' shapes, dtypes
     and device (``signature``): passing it back with a weight list of another signature raises. The vectors are
     stored per group of equal matrix shape, in float32 for bf16/fp16 weights, else in the weights' dtype, and
-    updated in place by every call."""
+    updated in place by every call. Groups of small matrices (stacked for bmm) also keep their stacking
+    workspace here between calls: one more copy of those weights, in the accumulation dtype."""
 
     def __init__(self, signature: tuple, groups: list):
         self.signature = signature
