@@ -144,7 +144,14 @@ CLASS_ROWS = Engine("class_rows", ops={
     "triton": {"mixup": "mixup_rows_triton", "elr": "elr_rows_triton"},
 }, autograd={"mixup": _FORMULA, "elr": _FORMULA})
 
-ENGINES = (CONTRASTIVE, ORTHONORMAL, SINKHORN, P2OT, GRADDROP, FUSED_LINEAR, CLASS_ROWS)
+# Parameter repulsion ("Adapt then Unlearn"): per-tensor sums over the whole list, one fwd and one bwd call.
+REPULSION = Engine("repulsion", ops={
+    "cpu": {"fwd": "repulsion_fwd", "bwd": "repulsion_bwd"},
+    "cuda": {"fwd": "repulsion_fwd", "bwd": "repulsion_bwd"},
+    "triton": {"fwd": "repulsion_fwd_triton", "bwd": "repulsion_bwd_triton"},
+}, autograd={"fwd": _FORMULA, "bwd": Autograd("double_backward", "param_repulsion")})
+
+ENGINES = (CONTRASTIVE, ORTHONORMAL, SINKHORN, P2OT, GRADDROP, FUSED_LINEAR, CLASS_ROWS, REPULSION)
 ENGINE_BY_NAME = {e.name: e for e in ENGINES}
 
 # ---- the public ops (their name is their path under regops) ----
@@ -173,17 +180,10 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in (
     OpSpec("cream_consistency", None),
     OpSpec("decoupled_mixup_loss", CLASS_ROWS),
     OpSpec("elr_loss", CLASS_ROWS, needs={"cpu": "elr", "cuda": "elr", "triton": "elr"}),
+    OpSpec("spectral_norm_penalty", None),
+    OpSpec("adversarial_state_noise", None),
+    OpSpec("param_repulsion", REPULSION),
 )}
-
-# ---- parameter repulsion ("Adapt then Unlearn"): one engine, one op ----
-REPULSION = Engine("repulsion", ops={
-    "cpu": {"fwd": "repulsion_fwd", "bwd": "repulsion_bwd"},
-    "cuda": {"fwd": "repulsion_fwd", "bwd": "repulsion_bwd"},
-    "triton": {"fwd": "repulsion_fwd_triton", "bwd": "repulsion_bwd_triton"},
-}, autograd={"fwd": _FORMULA, "bwd": Autograd("double_backward", "param_repulsion")})
-ENGINES += (REPULSION,)
-ENGINE_BY_NAME[REPULSION.name] = REPULSION
-OPS["param_repulsion"] = OpSpec("param_repulsion", REPULSION)
 
 # Schemas that belong to no engine: build facts and the CPU output cache (csrc/ops.cpp).
 UTILITY_SCHEMAS = ("_build_info", "_cpu_cache_clear", "_cpu_cache_idle_bytes")
