@@ -37,6 +37,33 @@ void check_in_range(const char* op, const char* arg, const at::Tensor& idx, int6
   }
 }
 
+// Row reductions in kLanes independent partial results: the compiler vectorizes the lane loop (a single running
+// sum or max would stay scalar without -ffast-math).
+constexpr int kLanes = 8;
+
+template <typename acc_t>
+acc_t row_max(const acc_t* x, int64_t n) {
+  acc_t m[kLanes];
+  std::fill(m, m + kLanes, -std::numeric_limits<acc_t>::infinity());
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes)
+    for (int l = 0; l < kLanes; ++l) m[l] = x[k + l] > m[l] ? x[k + l] : m[l];
+  for (; k < n; ++k) m[0] = x[k] > m[0] ? x[k] : m[0];
+  return *std::max_element(m, m + kLanes);
+}
+
+template <typename acc_t>
+acc_t row_sum(const acc_t* x, int64_t n) {
+  acc_t s[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes)
+    for (int l = 0; l < kLanes; ++l) s[l] += x[k + l];
+  for (; k < n; ++k) s[0] += x[k];
+  acc_t r = 0;
+  for (int l = 0; l < kLanes; ++l) r += s[l];
+  return r;
+}
+
 // Row i of x in the accumulation dtype: x itself when the dtypes agree, else converted into `buf`.
 template <typename scalar_t, typename acc_t>
 const acc_t* row_in(const scalar_t* x, int64_t i, int64_t C, std::vector<acc_t>& buf) {
@@ -68,15 +95,17 @@ void mixup_run(const at::Tensor& logits, const at::Tensor& classes, const at::Te
       const cls::MixupCoeffs<acc_t> c{co[4 * i], co[4 * i + 1], co[4 * i + 2], co[4 * i + 3]};
       // The rest's exponentials relative to the rest's own max, so that a dominant mixed class cannot flush them.
       acc_t m = -std::numeric_limits<acc_t>::infinity();
-      for (int64_t k = 0; k < C; ++k)
-        if (k != a && k != b) m = std::max(m, z[k]);
+      {  // the max over the classes other than a and b: the row's max around those two entries
+        const int64_t lo = std::min(a, b), hi = std::max(a, b);
+        m = std::max(m, row_max(z, lo));
+        if (hi > lo + 1) m = std::max(m, row_max(z + lo + 1, hi - lo - 1));
+        if (hi + 1 < C) m = std::max(m, row_max(z + hi + 1, C - hi - 1));
+      }
       lsm::Lse<acc_t> rest{acc_t(0), acc_t(0)};
       if (m > -std::numeric_limits<acc_t>::infinity()) {
         simd::exp_shift(z, e.data(), C, m);
         e[a] = e[b] = acc_t(0);
-        acc_t s = 0;
-        for (int64_t k = 0; k < C; ++k) s += e[k];
-        rest = {m, s};
+        rest = {m, row_sum(e.data(), C)};
       }
       const auto row = cls::mixup_row<acc_t>(z[a], z[b], a == b, rest, c);
       loss_p[i] = row.loss;
@@ -132,23 +161,46 @@ void elr_run(const at::Tensor& logits, const at::Tensor& targets, const at::Tens
       const acc_t* t = t_all + i * C;
       acc_t* nt = nt_all + i * C;
       const int64_t y = y_all[i];
-      acc_t m = -std::numeric_limits<acc_t>::infinity();
-      for (int64_t k = 0; k < C; ++k) m = std::max(m, z[k]);
+      const acc_t m = row_max(z, C);
       simd::exp_shift(z, p.data(), C, m);
-      acc_t s = 0;
-      for (int64_t k = 0; k < C; ++k) s += p[k];
+      const acc_t s = row_sum(p.data(), C);
       const acc_t inv = acc_t(1) / s;
+      // the five sums in kLanes lanes each, one array per sum, so that the lane loop vectorizes
+      acc_t ls[kLanes] = {}, ltp[kLanes] = {}, lpp[kLanes] = {}, ltg[kLanes] = {}, lpg[kLanes] = {};
+      acc_t* pr = p.data();
+      for (int64_t j = 0; j < C; ++j) pr[j] *= inv;
+      int64_t k = 0;
+      for (; k + kLanes <= C; k += kLanes)
+        for (int l = 0; l < kLanes; ++l) {
+          const auto d = cls::elr_terms(pr[k + l], t[k + l]);
+          ls[l] += d.s;
+          ltp[l] += d.tp;
+          lpp[l] += d.pp;
+          ltg[l] += d.tg;
+          lpg[l] += d.pg;
+        }
       cls::ElrSums<acc_t> sums{0, 0, 0, 0, 0};
-      for (int64_t k = 0; k < C; ++k) {
-        p[k] *= inv;
-        cls::elr_accumulate(sums, p[k], t[k]);
+      for (; k < C; ++k) cls::elr_accumulate(sums, pr[k], t[k]);
+      for (int l = 0; l < kLanes; ++l) {
+        sums.s += ls[l];
+        sums.tp += ltp[l];
+        sums.pp += lpp[l];
+        sums.tg += ltg[l];
+        sums.pg += lpg[l];
       }
       const auto row = cls::elr_row<acc_t>(sums, m + std::log(s), z[y], acc_t(beta), acc_t(lam));
       loss_p[i] = row.loss;
-      for (int64_t k = 0; k < C; ++k) nt[k] = cls::elr_new_target(row, p[k], t[k]);
-      if (!g_all) continue;
+      if (!g_all) {
+        for (int64_t j = 0; j < C; ++j) nt[j] = cls::elr_new_target(row, p[j], t[j]);
+        continue;
+      }
       acc_t* g = g_all + i * C;
-      for (int64_t k = 0; k < C; ++k) g[k] = cls::elr_grad(row, p[k], nt[k], k == y);
+      for (int64_t j = 0; j < C; ++j) {
+        const acc_t new_t = cls::elr_new_target(row, p[j], t[j]);
+        nt[j] = new_t;
+        g[j] = cls::elr_grad(row, p[j], new_t, false);
+      }
+      g[y] -= acc_t(1);
     }
   });
 }

@@ -89,15 +89,22 @@ struct ElrSums {
   acc_t s, tp, pp, tg, pg;
 };
 
+// One element's terms of the five sums.
 template <typename acc_t>
-REGOPS_HD void elr_accumulate(ElrSums<acc_t>& a, acc_t p, acc_t t) {
+REGOPS_HD ElrSums<acc_t> elr_terms(acc_t p, acc_t t) {
   const acc_t pc = elr_clamp(p);
   const acc_t gp = elr_unclamped(p) ? p : acc_t(0);
-  a.s += pc;
-  a.tp += t * pc;
-  a.pp += pc * pc;
-  a.tg += t * gp;
-  a.pg += pc * gp;
+  return {pc, t * pc, pc * pc, t * gp, pc * gp};
+}
+
+template <typename acc_t>
+REGOPS_HD void elr_accumulate(ElrSums<acc_t>& a, acc_t p, acc_t t) {
+  const ElrSums<acc_t> d = elr_terms(p, t);
+  a.s += d.s;
+  a.tp += d.tp;
+  a.pp += d.pp;
+  a.tg += d.tg;
+  a.pg += d.pg;
 }
 
 template <typename acc_t>

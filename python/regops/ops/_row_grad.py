@@ -44,6 +44,9 @@ def setup_context(ctx, inputs, output):
     ctx.save_for_backward(grad, logits)
     ctx.n_inputs = len(inputs)
     ctx.mark_non_differentiable(*output[1:])
+    # the gradient rows and the new buffer rows are not differentiable: without this autograd would fill (B, C)
+    # zeros for each of them on every backward
+    ctx.set_materialize_grads(False)
 
 
 def backward_rows(ctx, grad_loss, *_):
