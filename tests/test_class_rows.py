@@ -119,6 +119,47 @@ def test_elr_rows_match_reference(impl, dtype, shape):
     assert grad2.shape == (0, shape[1]) and torch.equal(loss2, loss) and torch.equal(rows2, new_rows)
 
 
+@pytest.mark.skipif("cpu" not in cpu_impls("elr_loss"), reason="no compiled CPU kernels")
+def test_elr_rows_portable_path_matches_avx2():
+    """The float ELR rows have an AVX2 path picked at run time; REGOPS_CPU_NO_SIMD=1 (a subprocess) runs the
+    portable loop instead. Both against the float64 reference, and against each other."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    code = textwrap.dedent("""
+        import sys, torch, regops
+        from regops.reference import class_rows as R
+        g = torch.Generator().manual_seed(0)
+        out = []
+        for C in (1, 2, 7, 8, 9, 100, 1001):
+            z = torch.randn(5, C, generator=g) * 3
+            if C > 2:
+                z[0, 0] = 40.0
+            y = torch.randint(0, C, (5,), generator=g)
+            t = torch.rand(5, C, generator=g)
+            t = t / t.sum(1, keepdim=True) * 0.9
+            loss, grad, rows = torch.ops.regops.elr_rows(z, y, t, 0.7, 3.0, True)
+            z64 = z.double().requires_grad_()
+            exact, exact_rows = R.elr_rows(z64, y, t.double(), 0.7, 3.0)
+            (g64,) = torch.autograd.grad(exact.sum(), z64)
+            for a, b in ((loss, exact), (grad, g64), (rows, exact_rows)):
+                assert torch.allclose(a.double(), b.detach(), rtol=1e-4, atol=1e-5), (C, (a.double() - b).abs().max())
+            out += [loss, grad.flatten(), rows.flatten()]
+        torch.save(torch.cat(out), sys.argv[1])
+    """)
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        paths = [os.path.join(d, "simd.pt"), os.path.join(d, "portable.pt")]
+        simd_env = {k: v for k, v in os.environ.items() if k != "REGOPS_CPU_NO_SIMD"}
+        for path, env in zip(paths, (simd_env, dict(simd_env, REGOPS_CPU_NO_SIMD="1"))):
+            res = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, env=env,
+                                 timeout=300)
+            assert res.returncode == 0, res.stderr
+        simd, portable = (torch.load(p) for p in paths)
+        torch.testing.assert_close(simd, portable, rtol=1e-5, atol=1e-6)
+
+
 def _elr_lowp(z, y, t):
     """ELR's official formula with PyTorch's own ops in z's dtype."""
     p = torch.softmax(z, 1).clamp(1e-4, 1 - 1e-4)

@@ -20,6 +20,7 @@
 #include "regops/class_rows_checks.h"
 #include "regops/class_rows_math.h"
 #include "simd_exp.h"
+#include "simd_x86.h"
 
 namespace regops {
 namespace {
@@ -143,6 +144,68 @@ std::tuple<at::Tensor, at::Tensor> mixup_rows_cpu(const at::Tensor& logits, cons
 
 // ---------------------------------------------------------------- ELR
 
+#ifdef REGOPS_HAVE_X86_SIMD
+// One float row of ELR in AVX2 (the portable loop below, eight classes per step): max, exponentials and their sum,
+// the five sums of class_rows_math.h, then the new buffer row and the gradient. Returns the row's loss.
+REGOPS_AVX2 float elr_row_avx2(const float* z, const float* t, float* p, float* nt, float* g, int64_t C, int64_t y,
+                               float beta, float lam) {
+  using S = simd::Vec<float>;
+  const int64_t Cv = C / 8 * 8;
+  const __m256 lo = _mm256_set1_ps(cls::kElrClampLow), hi = _mm256_set1_ps(cls::kElrClampHigh);
+  __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  int64_t k = 0;
+  for (; k < Cv; k += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(z + k));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, vmax);
+  float m = *std::max_element(lanes, lanes + 8);
+  for (; k < C; ++k) m = z[k] > m ? z[k] : m;
+  simd::exp_shift(z, p, C, m);
+  const float s = row_sum(p, C);
+  const float inv = 1.0f / s;
+  const __m256 vinv = _mm256_set1_ps(inv);
+  __m256 vs = S::zero(), vtp = S::zero(), vpp = S::zero(), vtg = S::zero(), vpg = S::zero();
+  for (k = 0; k < Cv; k += 8) {
+    const __m256 pk = _mm256_mul_ps(_mm256_loadu_ps(p + k), vinv);
+    _mm256_storeu_ps(p + k, pk);
+    const __m256 tk = _mm256_loadu_ps(t + k);
+    const __m256 pc = _mm256_min_ps(hi, _mm256_max_ps(lo, pk));  // NaN stays NaN (max/min return operand 2)
+    const __m256 keep = _mm256_and_ps(_mm256_cmp_ps(pk, lo, _CMP_GE_OQ), _mm256_cmp_ps(pk, hi, _CMP_LE_OQ));
+    const __m256 gp = _mm256_and_ps(keep, pk);
+    vs = _mm256_add_ps(vs, pc);
+    vtp = _mm256_fmadd_ps(tk, pc, vtp);
+    vpp = _mm256_fmadd_ps(pc, pc, vpp);
+    vtg = _mm256_fmadd_ps(tk, gp, vtg);
+    vpg = _mm256_fmadd_ps(pc, gp, vpg);
+  }
+  cls::ElrSums<float> sums{S::sum(vs), S::sum(vtp), S::sum(vpp), S::sum(vtg), S::sum(vpg)};
+  for (; k < C; ++k) {
+    p[k] *= inv;
+    cls::elr_accumulate(sums, p[k], t[k]);
+  }
+  const auto row = cls::elr_row<float>(sums, m + std::log(s), z[y], beta, lam);
+  const __m256 vkeep = _mm256_set1_ps(row.keep), vmix = _mm256_set1_ps(row.mix);
+  const __m256 vcoef = _mm256_set1_ps(row.coef), vA = _mm256_set1_ps(row.A);
+  for (k = 0; k < Cv; k += 8) {
+    const __m256 pk = _mm256_loadu_ps(p + k);
+    const __m256 pc = _mm256_min_ps(hi, _mm256_max_ps(lo, pk));
+    const __m256 new_t = _mm256_fmadd_ps(vkeep, _mm256_loadu_ps(t + k), _mm256_mul_ps(vmix, pc));
+    _mm256_storeu_ps(nt + k, new_t);
+    if (!g) continue;
+    const __m256 keep = _mm256_and_ps(_mm256_cmp_ps(pk, lo, _CMP_GE_OQ), _mm256_cmp_ps(pk, hi, _CMP_LE_OQ));
+    const __m256 sel = _mm256_and_ps(keep, new_t);
+    // p − coef·p·(sel − A)
+    _mm256_storeu_ps(g + k, _mm256_fnmadd_ps(_mm256_mul_ps(vcoef, pk), _mm256_sub_ps(sel, vA), pk));
+  }
+  for (; k < C; ++k) {
+    nt[k] = cls::elr_new_target(row, p[k], t[k]);
+    if (g) g[k] = cls::elr_grad(row, p[k], nt[k], false);
+  }
+  if (g) g[y] -= 1.0f;
+  return row.loss;
+}
+#endif
+
+
 template <typename scalar_t>
 void elr_run(const at::Tensor& logits, const at::Tensor& targets, const at::Tensor& buffer_rows, double beta,
              double lam, at::Tensor& loss, at::Tensor* grad, at::Tensor& new_rows) {
@@ -161,6 +224,15 @@ void elr_run(const at::Tensor& logits, const at::Tensor& targets, const at::Tens
       const acc_t* t = t_all + i * C;
       acc_t* nt = nt_all + i * C;
       const int64_t y = y_all[i];
+#ifdef REGOPS_HAVE_X86_SIMD
+      if constexpr (std::is_same_v<acc_t, float>) {
+        if (simd::has_avx2_fma()) {
+          loss_p[i] = elr_row_avx2(z, t, p.data(), nt, g_all ? g_all + i * C : nullptr, C, y, float(beta),
+                                   float(lam));
+          continue;
+        }
+      }
+#endif
       const acc_t m = row_max(z, C);
       simd::exp_shift(z, p.data(), C, m);
       const acc_t s = row_sum(p.data(), C);

@@ -47,7 +47,8 @@ if triton_available():
 def _check_index_values(arg, t, high, what, unique):
     if torch.compiler.is_compiling() or not t.numel() or not _checks.check_finite_enabled(t.device):
         return
-    lo, hi = int(t.min()), int(t.max())
+    lo, hi = torch.aminmax(t)
+    lo, hi = int(lo), int(hi)
     if lo < 0 or hi >= high:
         _checks.fail(OP, arg, f"{what} in [0, {high})", f"{lo if lo < 0 else hi}")
     if unique:
