@@ -5,8 +5,10 @@ v ← normalize(Wᵀ u), under no_grad, state kept between steps), σ_l = u_lᵀ
 weight's .grad. Providers:
 - `eager-loop` (the baseline): that step written per layer, as torch.nn.utils.parametrizations.spectral_norm
   does it (its _power_method, then vdot(u, mv(W, v))), summed, backward;
-- `reference`: regops.spectral_norm_penalty (layers of one shape stacked, bmm);
-- `compiled-reference`: the same under torch.compile (dynamic=False).
+- `reference`: regops.spectral_norm_penalty(impl="reference") (small layers of one shape stacked for bmm, large
+  ones one mv per layer);
+- `compiled-reference`: the same under torch.compile (dynamic=False);
+- `cpu` / `cuda` / `triton`: the fused kernels (one power-iteration call and one outer-product call for the list).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import regops
+from regops import _registry
 
 from harness import Case
 
@@ -63,15 +66,18 @@ def cases(quick: bool, device: torch.device) -> list[Case]:
             us, vs = _vectors(L, h, w, device)
             return ws, regops.SpectralNormState.from_vectors(ws, us, vs)
 
-        def ref_fn(s):
-            ws, st = s
-            for t in ws:
-                t.grad = None
-            regops.spectral_norm_penalty(ws, 1, st)[0].backward()
+        def fused(impl):
+            def run(s):
+                ws, st = s
+                for t in ws:
+                    t.grad = None
+                regops.spectral_norm_penalty(ws, 1, st, impl=impl)[0].backward()
+            return run
 
         def compiled_setup(L=L, h=h, w=w):
             ws, st = ref_setup(L, h, w)
-            f = torch.compile(lambda ws, st: regops.spectral_norm_penalty(ws, 1, st)[0], dynamic=False)
+            f = torch.compile(lambda ws, st: regops.spectral_norm_penalty(ws, 1, st, impl="reference")[0],
+                              dynamic=False)
             return ws, st, f
 
         def compiled_fn(s):
@@ -82,6 +88,9 @@ def cases(quick: bool, device: torch.device) -> list[Case]:
 
         base = dict(baseline="eager-loop", predicted_bytes=4 * nbytes)
         out += [Case(op, size, "eager-loop", loop_setup, loop_fn, **base),
-                Case(op, size, "reference", ref_setup, ref_fn, **base),
+                Case(op, size, "reference", ref_setup, fused("reference"), **base),
                 Case(op, size, "compiled-reference", compiled_setup, compiled_fn, **base)]
+        for impl in (["cpu"] if device.type == "cpu" else ["cuda", "triton"]):
+            ok, why = _registry.available(op, impl, device)
+            out.append(Case(op, size, impl, ref_setup, fused(impl), skip=None if ok else why, **base))
     return out

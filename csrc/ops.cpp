@@ -124,12 +124,13 @@ TORCH_LIBRARY(regops, m) {
   m.def("repulsion_bwd(Tensor grad_sums, Tensor[] params, Tensor[] anchor_means) -> Tensor[]");
 
   // Batched spectral norms by power iteration (regops/spectral_math.h). weights[l]: a 2-D matrix (h_l, w_l), one
-  // dtype of float32/float64/bfloat16/float16 and one device for the list; us[l] (h_l,) and vs[l] (w_l,) the
-  // power-iteration vectors in the accumulation dtype. n_power_iterations >= 1 steps of u <- W v / max(|W v|, eps),
-  // v <- Wt u / max(|Wt u|, eps) (torch's spectral_norm order), then sigma_l = (Wt u) . v = ut W v. Returns sigma
-  // (L,) and the new u, v (accumulation dtype). One call for the whole list.
-  m.def("spectral_power(Tensor[] weights, Tensor[] us, Tensor[] vs, int n_power_iterations, float eps) "
-        "-> (Tensor sigma, Tensor[] us_out, Tensor[] vs_out)");
+  // dtype of float32/float64/bfloat16/float16 and one device for the list; u: the power-iteration vectors u_l
+  // (h_l,) of all matrices one after the other (sum of h_l,), v likewise (sum of w_l,), in the accumulation dtype.
+  // n_power_iterations >= 1 steps of u <- W v / max(|W v|, eps), v <- Wt u / max(|Wt u|, eps) (torch's
+  // spectral_norm order), then sigma_l = (Wt u) . v = ut W v. Returns sigma (L,) and the new u, v (same layout,
+  // new tensors). One call for the whole list; the vectors travel as two tensors, not 2L.
+  m.def("spectral_power(Tensor[] weights, Tensor u, Tensor v, int n_power_iterations, float eps) "
+        "-> (Tensor sigma, Tensor u_out, Tensor v_out)");
   // dsigma_l/dW_l with u, v held constant: grad_sigmas[l] * u_l v_lt, in W_l's dtype and shape, contiguous.
-  m.def("spectral_outer(Tensor grad_sigmas, Tensor[] us, Tensor[] vs, Tensor[] weights) -> Tensor[]");
+  m.def("spectral_outer(Tensor grad_sigmas, Tensor u, Tensor v, Tensor[] weights) -> Tensor[]");
 }

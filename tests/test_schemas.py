@@ -186,6 +186,22 @@ SAMPLES.update({
     "repulsion_bwd": [lambda: [torch.randn(3, generator=_g(25))] + _rep_lists(grad=False)],
 })
 
+# batched spectral norms (spectral_power / spectral_outer and their Triton ops)
+def _spec_lists(grad=True, dtype=torch.float32):
+    ws = [torch.randn(3, 4, generator=_g(30), dtype=dtype).requires_grad_(grad),
+          torch.randn(5, 1, generator=_g(31), dtype=dtype).requires_grad_(grad)]
+    acc = regops._constants.acc_dtype(dtype)
+    u = torch.randn(sum(w.shape[0] for w in ws), generator=_g(32)).to(acc)
+    v = torch.randn(sum(w.shape[1] for w in ws), generator=_g(33)).to(acc)
+    return ws, u, v
+
+
+SAMPLES.update({
+    "spectral_power": [lambda: [*_spec_lists(), 1, 1e-12], lambda: [*_spec_lists(dtype=torch.float64), 3, 1e-12]],
+    "spectral_outer": [lambda: (lambda ws, u, v: [torch.randn(2, generator=_g(36)), u, v, ws])(
+        *_spec_lists(grad=False))],
+})
+
 
 TRITON_OF = {t: c for e in _registry.ENGINES for role, c in e.ops.get("cpu", {}).items()
              for t in [e.ops.get("triton", {}).get(role)] if t}
@@ -505,6 +521,46 @@ REPULSION_BWD = {
 }
 
 BAD_ARGS.update({"repulsion_fwd": REPULSION_FWD, "repulsion_bwd": REPULSION_BWD})
+
+
+def _spec(weights=None, u=None, v=None, n=1, eps=1e-12):
+    ws = [_f32(3, 4), _f32(5, 1)] if weights is None else weights
+    u = torch.ones(8) if u is None else u
+    v = torch.ones(5) if v is None else v
+    return [ws, u, v, n, eps]
+
+
+def _spec_outer(grad=None, **kw):
+    ws, u, v, _, _ = _spec(**kw)
+    return [torch.ones(2) if grad is None else grad, u, v, ws]
+
+
+SPECTRAL_POWER = {
+    "weights 1-D": lambda: _spec(weights=[_f32(3), _f32(5, 1)]),
+    "weights 3-D": lambda: _spec(weights=[_f32(3, 2, 2), _f32(5, 1)]),
+    "weights int64": lambda: _spec(weights=[torch.ones(3, 4, dtype=torch.int64), torch.ones(5, 1, dtype=torch.int64)]),
+    "weights of two dtypes": lambda: _spec(weights=[_f32(3, 4), _f32(5, 1).double()]),
+    "weights empty": lambda: _spec(weights=[_f32(3, 0), _f32(5, 1)], v=torch.ones(1)),
+    "u shorter": lambda: _spec(u=torch.ones(7)),
+    "u 2-D": lambda: _spec(u=torch.ones(8, 1)),
+    "v longer": lambda: _spec(v=torch.ones(6)),
+    "v float64 for float32 weights": lambda: _spec(v=torch.ones(5, dtype=torch.float64)),
+    "u bfloat16 for bfloat16 weights": lambda: _spec(weights=[_f32(3, 4).bfloat16(), _f32(5, 1).bfloat16()],
+                                                     u=torch.ones(8).bfloat16()),
+    "n_power_iterations 0": lambda: _spec(n=0),
+    "eps 0": lambda: _spec(eps=0.0),
+    "eps nan": lambda: _spec(eps=float("nan")),
+}
+
+SPECTRAL_OUTER = {
+    "grad_sigmas of another length": lambda: _spec_outer(grad=torch.ones(3)),
+    "grad_sigmas float64 for float32 weights": lambda: _spec_outer(grad=torch.ones(2, dtype=torch.float64)),
+    "grad_sigmas 2-D": lambda: _spec_outer(grad=torch.ones(2, 1)),
+    "v shorter": lambda: _spec_outer(v=torch.ones(4)),
+    "u longer": lambda: _spec_outer(u=torch.ones(9)),
+}
+
+BAD_ARGS.update({"spectral_power": SPECTRAL_POWER, "spectral_outer": SPECTRAL_OUTER})
 # Schemas with a single backend (nothing to compare) or none of their own.
 NOT_COMPARED = {"orthonormal_grad_accumulate_": "a CPU kernel only, no other backend to agree with"}
 

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "regops/checks.h"
@@ -161,15 +162,28 @@ acc_t<T> power_matrix(const T* W, int64_t h, int64_t w, acc_t<T>* u, acc_t<T>* v
   return s;
 }
 
+// Offsets of every matrix's u_l and v_l in the concatenated u, v.
+std::pair<std::vector<int64_t>, std::vector<int64_t>> vector_offsets(const std::vector<at::Tensor>& W) {
+  std::vector<int64_t> ou(W.size() + 1, 0), ov(W.size() + 1, 0);
+  for (size_t l = 0; l < W.size(); ++l) {
+    ou[l + 1] = ou[l] + W[l].size(0);
+    ov[l + 1] = ov[l] + W[l].size(1);
+  }
+  return {ou, ov};
+}
+
 template <typename T>
-void power_typed(const std::vector<at::Tensor>& W, std::vector<at::Tensor>& us, std::vector<at::Tensor>& vs,
-                 int64_t n_iter, double eps, at::Tensor& sigma) {
+void power_typed(const std::vector<at::Tensor>& W, at::Tensor& u, at::Tensor& v, int64_t n_iter, double eps,
+                 at::Tensor& sigma) {
   using A = acc_t<T>;
   const int64_t L = static_cast<int64_t>(W.size());
+  const auto [ou, ov] = vector_offsets(W);
   A* s = sigma.mutable_data_ptr<A>();
+  A* up = u.mutable_data_ptr<A>();
+  A* vp = v.mutable_data_ptr<A>();
   auto one = [&](int64_t l, bool shared) {
-    s[l] = power_matrix<T>(W[l].const_data_ptr<T>(), W[l].size(0), W[l].size(1), us[l].mutable_data_ptr<A>(),
-                           vs[l].mutable_data_ptr<A>(), n_iter, static_cast<A>(eps), shared);
+    s[l] = power_matrix<T>(W[l].const_data_ptr<T>(), W[l].size(0), W[l].size(1), up + ou[l], vp + ov[l], n_iter,
+                           static_cast<A>(eps), shared);
   };
   if (L >= at::get_num_threads()) {
     at::parallel_for(0, L, 1, [&](int64_t l0, int64_t l1) {
@@ -180,19 +194,16 @@ void power_typed(const std::vector<at::Tensor>& W, std::vector<at::Tensor>& us, 
   }
 }
 
-std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> spectral_power_cpu(
-    at::TensorList weights, at::TensorList us, at::TensorList vs, int64_t n_power_iterations, double eps) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> spectral_power_cpu(at::TensorList weights, const at::Tensor& u,
+                                                                  const at::Tensor& v, int64_t n_power_iterations,
+                                                                  double eps) {
   const char* op = "spectral_power";
-  const auto W = check_spectral_lists(op, weights, us, vs, c10::DeviceType::CPU);
+  const auto W = check_spectral_lists(op, weights, u, v, c10::DeviceType::CPU);
   check_spectral_params(op, n_power_iterations, eps);
-  const size_t L = weights.size();
   const auto st = weights[0].scalar_type();
-  auto sigma = at::empty({static_cast<int64_t>(L)}, weights[0].options().dtype(acc_type(st)));
-  std::vector<at::Tensor> u_out(L), v_out(L);
-  for (size_t l = 0; l < L; ++l) {
-    u_out[l] = us[l].clone(at::MemoryFormat::Contiguous);
-    v_out[l] = vs[l].clone(at::MemoryFormat::Contiguous);
-  }
+  auto sigma = at::empty({static_cast<int64_t>(weights.size())}, weights[0].options().dtype(acc_type(st)));
+  auto u_out = u.clone(at::MemoryFormat::Contiguous);
+  auto v_out = v.clone(at::MemoryFormat::Contiguous);
   if (st == at::kFloat) {
     power_typed<float>(W, u_out, v_out, n_power_iterations, eps, sigma);
   } else if (st == at::kDouble) {
@@ -206,46 +217,44 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> spectra
 }
 
 template <typename T>
-void outer_typed(const at::Tensor& grad_sigmas, const std::vector<at::Tensor>& us, const std::vector<at::Tensor>& vs,
-                 std::vector<at::Tensor>& g) {
+void outer_typed(const at::Tensor& grad_sigmas, const at::Tensor& u, const at::Tensor& v,
+                 const std::vector<at::Tensor>& W, std::vector<at::Tensor>& g) {
   using A = acc_t<T>;
+  const auto [ou, ov] = vector_offsets(W);
   std::vector<std::pair<int64_t, int64_t>> items;  // (matrix, first row)
   for (size_t l = 0; l < g.size(); ++l)
     for (int64_t i = 0; i < g[l].size(0); i += kRowBlock) items.emplace_back(static_cast<int64_t>(l), i);
   const auto gs = grad_sigmas.contiguous();
   const A* gp = gs.const_data_ptr<A>();
+  const A* up = u.const_data_ptr<A>();
+  const A* vp = v.const_data_ptr<A>();
   at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       const auto [l, i0] = items[k];
       const int64_t h = g[l].size(0), w = g[l].size(1);
-      const A* u = us[l].const_data_ptr<A>();
-      const A* v = vs[l].const_data_ptr<A>();
+      const A* ul = up + ou[l];
       T* o = g[l].mutable_data_ptr<T>();
-      for (int64_t i = i0; i < std::min(h, i0 + kRowBlock); ++i) outer_row<T>(gp[l] * u[i], v, o + i * w, w);
+      for (int64_t i = i0; i < std::min(h, i0 + kRowBlock); ++i) outer_row<T>(gp[l] * ul[i], vp + ov[l], o + i * w, w);
     }
   });
 }
 
-std::vector<at::Tensor> spectral_outer_cpu(const at::Tensor& grad_sigmas, at::TensorList us, at::TensorList vs,
+std::vector<at::Tensor> spectral_outer_cpu(const at::Tensor& grad_sigmas, const at::Tensor& u, const at::Tensor& v,
                                            at::TensorList weights) {
-  const auto W = check_spectral_lists("spectral_outer", weights, us, vs, c10::DeviceType::CPU);
+  const auto W = check_spectral_lists("spectral_outer", weights, u, v, c10::DeviceType::CPU);
   check_spectral_grad(grad_sigmas, weights);
-  const size_t L = weights.size();
-  std::vector<at::Tensor> u(L), v(L), g(L);
-  for (size_t l = 0; l < L; ++l) {
-    u[l] = us[l].contiguous();
-    v[l] = vs[l].contiguous();
-    g[l] = cached_empty_like(W[l]);  // W[l] is contiguous: so is its gradient
-  }
+  std::vector<at::Tensor> g(W.size());
+  for (size_t l = 0; l < W.size(); ++l) g[l] = cached_empty_like(W[l]);  // W[l] is contiguous: so is its gradient
+  const auto uc = u.contiguous(), vc = v.contiguous();
   const auto st = weights[0].scalar_type();
   if (st == at::kFloat) {
-    outer_typed<float>(grad_sigmas, u, v, g);
+    outer_typed<float>(grad_sigmas, uc, vc, W, g);
   } else if (st == at::kDouble) {
-    outer_typed<double>(grad_sigmas, u, v, g);
+    outer_typed<double>(grad_sigmas, uc, vc, W, g);
   } else if (st == at::kBFloat16) {
-    outer_typed<c10::BFloat16>(grad_sigmas, u, v, g);
+    outer_typed<c10::BFloat16>(grad_sigmas, uc, vc, W, g);
   } else {
-    outer_typed<c10::Half>(grad_sigmas, u, v, g);
+    outer_typed<c10::Half>(grad_sigmas, uc, vc, W, g);
   }
   return g;
 }

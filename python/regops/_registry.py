@@ -151,7 +151,14 @@ REPULSION = Engine("repulsion", ops={
     "triton": {"fwd": "repulsion_fwd_triton", "bwd": "repulsion_bwd_triton"},
 }, autograd={"fwd": _FORMULA, "bwd": Autograd("double_backward", "param_repulsion")})
 
-ENGINES = (CONTRASTIVE, ORTHONORMAL, SINKHORN, P2OT, GRADDROP, FUSED_LINEAR, CLASS_ROWS, REPULSION)
+# Batched spectral norms: one power-iteration call for the whole weight list, and its outer-product backward.
+SPECTRAL = Engine("spectral", ops={
+    "cpu": {"power": "spectral_power", "outer": "spectral_outer"},
+    "cuda": {"power": "spectral_power", "outer": "spectral_outer"},
+    "triton": {"power": "spectral_power_triton", "outer": "spectral_outer_triton"},
+}, autograd={"power": _FORMULA, "outer": Autograd("double_backward", "spectral_norm_penalty")})
+
+ENGINES = (CONTRASTIVE, ORTHONORMAL, SINKHORN, P2OT, GRADDROP, FUSED_LINEAR, CLASS_ROWS, REPULSION, SPECTRAL)
 ENGINE_BY_NAME = {e.name: e for e in ENGINES}
 
 # ---- the public ops (their name is their path under regops) ----
@@ -180,7 +187,7 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in (
     OpSpec("cream_consistency", None),
     OpSpec("decoupled_mixup_loss", CLASS_ROWS),
     OpSpec("elr_loss", CLASS_ROWS, needs={"cpu": "elr", "cuda": "elr", "triton": "elr"}),
-    OpSpec("spectral_norm_penalty", None),
+    OpSpec("spectral_norm_penalty", SPECTRAL),
     OpSpec("adversarial_state_noise", None),
     OpSpec("param_repulsion", REPULSION),
 )}

@@ -14,15 +14,13 @@ inline const std::vector<at::ScalarType> kSpectralDtypes = {at::kFloat, at::kDou
 inline std::string spec_index(const char* arg, size_t i) { return std::string(arg) + "[" + std::to_string(i) + "]"; }
 
 // weights: at least one non-empty 2-D matrix, weights[0] on `type` and of a spectral dtype, the others of its dtype
-// and device; us[l] (h_l,) and vs[l] (w_l,) in the accumulation dtype on that device. Returns the contiguous weights.
-inline std::vector<at::Tensor> check_spectral_lists(const char* op, at::TensorList weights, at::TensorList us,
-                                                    at::TensorList vs, c10::DeviceType type) {
+// and device; u (sum of h_l,) and v (sum of w_l,): the vectors of all matrices one after the other, in the
+// accumulation dtype on that device. Returns the contiguous weights.
+inline std::vector<at::Tensor> check_spectral_lists(const char* op, at::TensorList weights, const at::Tensor& u,
+                                                    const at::Tensor& v, c10::DeviceType type) {
   REGOPS_CHECK_VALUE(weights.size() > 0, op, "weights", "at least one matrix", "an empty list");
-  for (const auto& [name, list] : {std::pair<const char*, at::TensorList>{"us", us}, {"vs", vs}})
-    REGOPS_CHECK_VALUE(list.size() == weights.size(), op, name,
-                       std::to_string(weights.size()) + " vectors (one per weight)", std::to_string(list.size()));
-  const auto acc = acc_type(weights[0].scalar_type());
   std::vector<at::Tensor> out(weights.size());
+  int64_t rows = 0, cols = 0;
   for (size_t l = 0; l < weights.size(); ++l) {
     const auto& W = weights[l];
     const auto wname = spec_index("weights", l);
@@ -35,20 +33,23 @@ inline std::vector<at::Tensor> check_spectral_lists(const char* op, at::TensorLi
     }
     check_dim(op, wname, W, 2, " (out, in): a weight viewed as a matrix");
     REGOPS_CHECK_VALUE(W.numel() > 0, op, wname, "a non-empty matrix", describe(W));
-    const int64_t len[2] = {W.size(0), W.size(1)};
-    const at::Tensor* vec[2] = {&us[l], &vs[l]};
-    for (int k = 0; k < 2; ++k) {
-      const auto vname = spec_index(k == 0 ? "us" : "vs", l);
-      const auto& x = *vec[k];
-      REGOPS_CHECK_VALUE(x.dim() == 1 && x.size(0) == len[k], op, vname,
-                         "shape (" + std::to_string(len[k]) + ",) (" + (k == 0 ? "the rows" : "the columns") +
-                             " of " + wname + ")",
-                         describe(x));
-      REGOPS_CHECK_TYPE(x.scalar_type() == acc, op, vname,
-                        "dtype " + dtype_name(acc) + " (the accumulation dtype of the weights)", describe(x));
-      check_same_device(op, vname, x, W, wname.c_str());
-    }
+    rows += W.size(0);
+    cols += W.size(1);
     out[l] = W.contiguous();
+  }
+  const auto acc = acc_type(weights[0].scalar_type());
+  const int64_t len[2] = {rows, cols};
+  const at::Tensor* vec[2] = {&u, &v};
+  for (int k = 0; k < 2; ++k) {
+    const char* name = k == 0 ? "u" : "v";
+    const auto& x = *vec[k];
+    REGOPS_CHECK_VALUE(x.dim() == 1 && x.size(0) == len[k], op, name,
+                       "shape (" + std::to_string(len[k]) + ",) (the " + (k == 0 ? "row" : "column") +
+                           " counts of the weights added up)",
+                       describe(x));
+    REGOPS_CHECK_TYPE(x.scalar_type() == acc, op, name,
+                      "dtype " + dtype_name(acc) + " (the accumulation dtype of the weights)", describe(x));
+    check_same_device(op, name, x, weights[0], "weights[0]");
   }
   return out;
 }

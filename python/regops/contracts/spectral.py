@@ -12,18 +12,16 @@ from . import (acc_dtype, check_device, check_dtype_in, check_same_device, check
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
-def check_lists(op: str, weights, us, vs, device_type: Optional[str]) -> None:
-    for name, ts in (("weights", weights), ("us", us), ("vs", vs)):
-        if not isinstance(ts, (list, tuple)):
-            fail(op, name, "a list of tensors", type(ts).__name__, TypeError)
-        for i, t in enumerate(ts):
-            check_tensor(op, f"{name}[{i}]", t)
+def check_lists(op: str, weights, u, v, device_type: Optional[str]) -> None:
+    if not isinstance(weights, (list, tuple)):
+        fail(op, "weights", "a list of tensors", type(weights).__name__, TypeError)
+    for i, t in enumerate(weights):
+        check_tensor(op, f"weights[{i}]", t)
+    check_tensor(op, "u", u)
+    check_tensor(op, "v", v)
     if len(weights) == 0:
         fail(op, "weights", "at least one matrix", "an empty list")
-    for name, ts in (("us", us), ("vs", vs)):
-        if len(ts) != len(weights):
-            fail(op, name, f"{len(weights)} vectors (one per weight)", str(len(ts)))
-    acc = acc_dtype(weights[0].dtype)
+    rows = cols = 0
     for i, W in enumerate(weights):
         wname = f"weights[{i}]"
         if i == 0:
@@ -36,15 +34,15 @@ def check_lists(op: str, weights, us, vs, device_type: Optional[str]) -> None:
             fail(op, wname, "a 2-D tensor (out, in): a weight viewed as a matrix", describe(W))
         if W.numel() == 0:
             fail(op, wname, "a non-empty matrix", describe(W))
-        for k, (name, x) in enumerate((("us", us[i]), ("vs", vs[i]))):
-            vname = f"{name}[{i}]"
-            n = W.shape[k]
-            if x.dim() != 1 or x.shape[0] != n:
-                fail(op, vname, f"shape ({n},) ({'the rows' if k == 0 else 'the columns'} of {wname})", describe(x))
-            if x.dtype != acc:
-                fail(op, vname, f"dtype {dtype_name(acc)} (the accumulation dtype of the weights)", describe(x),
-                     TypeError)
-            check_same_device(op, vname, x, W, wname)
+        rows += W.shape[0]
+        cols += W.shape[1]
+    acc = acc_dtype(weights[0].dtype)
+    for name, x, n, what in (("u", u, rows, "row"), ("v", v, cols, "column")):
+        if x.dim() != 1 or x.shape[0] != n:
+            fail(op, name, f"shape ({n},) (the {what} counts of the weights added up)", describe(x))
+        if x.dtype != acc:
+            fail(op, name, f"dtype {dtype_name(acc)} (the accumulation dtype of the weights)", describe(x), TypeError)
+        check_same_device(op, name, x, weights[0], "weights[0]")
 
 
 def check_params(op: str, n_power_iterations: int, eps: float) -> None:
@@ -66,15 +64,15 @@ def check_grad(grad_sigmas, weights) -> None:
     check_same_device(op, "grad_sigmas", grad_sigmas, weights[0], "weights[0]")
 
 
-def fake_power(weights, us, vs, n_power_iterations, eps):
-    check_lists("spectral_power", weights, us, vs, None)
+def fake_power(weights, u, v, n_power_iterations, eps):
+    check_lists("spectral_power", weights, u, v, None)
     check_params("spectral_power", n_power_iterations, eps)
     sigma = weights[0].new_empty((len(weights),), dtype=acc_dtype(weights[0].dtype))
-    return sigma, [torch.empty_like(u, memory_format=torch.contiguous_format) for u in us], \
-        [torch.empty_like(v, memory_format=torch.contiguous_format) for v in vs]
+    return sigma, torch.empty_like(u, memory_format=torch.contiguous_format), \
+        torch.empty_like(v, memory_format=torch.contiguous_format)
 
 
-def fake_outer(grad_sigmas, us, vs, weights):
-    check_lists("spectral_outer", weights, us, vs, None)
+def fake_outer(grad_sigmas, u, v, weights):
+    check_lists("spectral_outer", weights, u, v, None)
     check_grad(grad_sigmas, weights)
     return [torch.empty_like(W, memory_format=torch.contiguous_format) for W in weights]

@@ -12,18 +12,20 @@ them in its loss (hinge target, coefficient, which network) is the caller's choi
 - ``spectral_norm_penalty``: σ_max of every weight matrix by power iteration, batched over all layers.
 - ``adversarial_state_noise``: the ε-ball perturbation of the states that most moves the value (FGSM/PGD).
 
-Why there is no hand-written kernel: one power-iteration step of a group of equal-shape layers is two batched
-matrix-vector products (``bmm``) and two normalizations, and the backward is one outer product per layer
-(dσ_l/dW_l = u_l v_lᵀ, computed directly by a custom autograd Function, not by differentiating the products).
-Each product streams the weights once at memory bandwidth, so the BLAS call is the kernel; what is left to save
-is per-op overhead, and the stacking copy. Measured on the CPU (bench/bench_spectral.py, 1 thread): small layers
-(200 x 64x64) gain from stacking (one bmm per group instead of ~10 ops per layer), while at 512x512 the copy into
-the stack costs more than the loop's overhead, so groups of matrices of ≥ 64K elements iterate one ``mv`` per
-layer. Both paths save the loop's third product (σ = (Wᵀu)ᵀv reuses the last Wᵀu) and its autograd graph. A fused
-kernel could not read the weights fewer than twice per step either; the figures are in the README bench table.
+Two impls of the spectral norms, one formula:
+- the reference (``impl="reference"``): layers of one shape form a group; groups of small matrices are stacked into
+  a workspace and iterated with ``bmm`` (one call per group instead of ~10 ops per layer), larger ones one ``mv``
+  per layer (stacking a 50 MB list costs more than the loop's overhead). σ = (Wᵀu)ᵀv reuses the last Wᵀu, so the
+  loop's third product is not needed; the backward is one outer product per layer (dσ_l/dW_l = u_l v_lᵀ) in a
+  custom autograd Function.
+- the kernels (``regops::spectral_power`` / ``spectral_outer``: csrc/cpu/spectral.cpp, csrc/cuda/spectral*, and
+  triton/spectral.py; math in csrc/include/regops/spectral_math.h): the whole list's power iteration in one call
+  (every matrix read twice per step, W v by rows and Wᵀu by columns) and every gradient in one call, written
+  into reused buffers on the CPU. The figures are in the README bench table.
 """
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Optional
 
@@ -32,11 +34,84 @@ import torch.nn.functional as F
 
 from .. import _checks, _registry
 from .._constants import acc_dtype
+from .._loader import schema_registered, triton_available
+from ..contracts import spectral as contract
 
 # Groups of matrices with at least this many elements iterate one layer at a time (torch.mv), smaller ones are
 # stacked and iterated with bmm: below it the per-op overhead dominates, above it the stacking copy does.
 _PER_LAYER_NUMEL = 1 << 16
 _NORM_EPS = 1e-12  # torch.nn.utils.parametrizations.spectral_norm's default eps for F.normalize
+
+
+# ---------------------------------------------------------------------------------------------- the kernels
+
+def _power_setup_context(ctx, inputs, output):
+    weights = inputs[0]
+    _, u_out, v_out = output
+    ctx.save_for_backward(u_out, v_out, *weights)
+    ctx.mark_non_differentiable(u_out, v_out)
+    ctx.set_materialize_grads(False)
+
+
+def _make_power_backward(outer):
+    def backward(ctx, grad_sigma, *_):
+        u, v, *weights = ctx.saved_tensors
+        if grad_sigma is None:
+            return [None] * len(weights), None, None, None, None
+        # dσ_l/dW_l = u_l v_lᵀ with the returned (final) u, v held constant; the vectors get no gradient
+        return list(outer(grad_sigma.contiguous(), u, v, weights)), None, None, None, None
+    return backward
+
+
+if schema_registered("spectral_power"):
+    torch.library.register_fake("regops::spectral_power")(contract.fake_power)
+    torch.library.register_fake("regops::spectral_outer")(contract.fake_outer)
+    torch.library.register_autograd("regops::spectral_power",
+                                    _make_power_backward(lambda *a: torch.ops.regops.spectral_outer(*a)),
+                                    setup_context=_power_setup_context)
+
+if triton_available() and importlib.util.find_spec("regops.triton.spectral") is not None:
+    from ..triton import spectral as _triton_spectral  # noqa: F401  (registers the triton ops)
+
+    torch.library.register_autograd("regops::spectral_power_triton",
+                                    _make_power_backward(lambda *a: torch.ops.regops.spectral_outer_triton(*a)),
+                                    setup_context=_power_setup_context)
+
+
+def _kernel_sigmas(chosen: str, weights: list, state, n_power_iterations: int) -> torch.Tensor:
+    """σ of every weight through the compiled power iteration: one call per weight dtype (the kernels take one dtype
+    per list), the matrices in the state's group order so that each group's vectors are one slice of the
+    concatenated u, v; the state is updated in place. σ is differentiable through the kernel's own backward."""
+    power = _registry.kernel("spectral", chosen, "power")
+    by_dtype: dict = {}
+    for g in state.groups:
+        by_dtype.setdefault(g.dtype, []).append(g)
+    parts, order = [], []
+    for groups in by_dtype.values():
+        idx = [i for g in groups for i in g.indices]
+        mats = [weights[i] if weights[i].dim() == 2 else weights[i].reshape(g.shape) for g in groups
+                for i in g.indices]
+        if len(groups) == 1:
+            u, v = groups[0].u.reshape(-1), groups[0].v.reshape(-1)
+        else:
+            u, v = torch.cat([g.u.reshape(-1) for g in groups]), torch.cat([g.v.reshape(-1) for g in groups])
+        sigma, u_new, v_new = power(mats, u, v, n_power_iterations, _NORM_EPS)
+        with torch.no_grad():
+            ou = ov = 0
+            for g in groups:
+                n = len(g.indices)
+                g.u.copy_(u_new[ou:ou + n * g.shape[0]].view(n, g.shape[0]))
+                g.v.copy_(v_new[ov:ov + n * g.shape[1]].view(n, g.shape[1]))
+                ou, ov = ou + n * g.shape[0], ov + n * g.shape[1]
+        parts.append(sigma)
+        order += idx
+    sigma = parts[0] if len(parts) == 1 else torch.cat(parts)
+    if order == list(range(len(weights))):
+        return sigma
+    inverse = [0] * len(order)
+    for pos, i in enumerate(order):
+        inverse[i] = pos
+    return sigma[torch.tensor(inverse, device=sigma.device)]
 
 
 # ---------------------------------------------------------------------------------------------- spectral norm
@@ -238,10 +313,11 @@ def spectral_norm_penalty(module_or_weights, n_power_iterations: int = 1, state:
     are stacked into a workspace kept in the state and iterated together with ``bmm``, larger ones one ``mv``
     per layer (module docstring). The gradient is once differentiable (no double backward). bf16/fp16
     weights iterate and return σ in float32. ``torch.compile(fullgraph=True)`` traces it on a weight list with
-    a state created outside. Reference impl only (``impl``: None, "auto" or "reference")."""
+    a state created outside. ``impl``: None/"auto" (the CPU kernel on CPU tensors where built), "reference",
+    "cpu", "cuda" or "triton"; every impl keeps the same state and gives the same σ to rounding."""
     op = "spectral_norm_penalty"
     weights = _collect_weights(op, module_or_weights)
-    _registry.resolve_impl(op, impl, weights[0].device)  # the reference only: a named kernel impl raises
+    chosen = _registry.pick(op, impl, weights[0], "module_or_weights")
     if isinstance(n_power_iterations, bool) or not isinstance(n_power_iterations, int):
         _checks.fail(op, "n_power_iterations", "an int >= 1", f"{type(n_power_iterations).__name__} "
                      f"{n_power_iterations!r}", TypeError)
@@ -261,6 +337,10 @@ def spectral_norm_penalty(module_or_weights, n_power_iterations: int = 1, state:
     elif state.groups and state.groups[0].u.device != weights[0].device:
         _checks.fail(op, "state", f"vectors on device {weights[0].device} (as the weights)",
                      f"device {state.groups[0].u.device}", RuntimeError)
+
+    if chosen != "reference":
+        sigmas = _kernel_sigmas(chosen, weights, state, n_power_iterations)
+        return _penalty(sigmas, target, reduction), sigmas, state
 
     sig_parts, us, vs, layout_groups, offset = [], [], [], [], 0
     with torch.no_grad():
@@ -311,16 +391,18 @@ def spectral_norm_penalty(module_or_weights, n_power_iterations: int = 1, state:
         sigmas = sigma_grouped[torch.tensor(inverse, device=sigma_grouped.device)]
     else:
         sigmas = sigma_grouped
+    return _penalty(sigmas, target, reduction), sigmas, state
+
+
+def _penalty(sigmas: torch.Tensor, target: Optional[float], reduction: str) -> torch.Tensor:
     terms = sigmas if target is None else torch.clamp(sigmas - target, min=0) ** 2
     if reduction == "sum":
-        penalty = terms.sum()
-    elif reduction == "mean":
-        penalty = terms.mean()
-    elif reduction == "max":
-        penalty = terms.max()
-    else:
-        penalty = terms
-    return penalty, sigmas, state
+        return terms.sum()
+    if reduction == "mean":
+        return terms.mean()
+    if reduction == "max":
+        return terms.max()
+    return terms
 
 
 def _describe_sig(sig: tuple) -> str:
