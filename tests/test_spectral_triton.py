@@ -1,8 +1,9 @@
 """The Triton kernels of the batched spectral norms (regops/triton/spectral.py) against the formula in float64.
 
-torch.ops.regops.spectral_power_triton(weights, us, vs, n, eps) -> (sigma, us_out, vs_out): n steps of
-u = normalize(W v), v = normalize(Wᵀ u) (F.normalize, eps), then sigma = (Wᵀ u) · v; spectral_outer_triton(g, us,
-vs, weights) -> g_l · u_l v_lᵀ in W_l's dtype. The oracle runs torch.mv / F.normalize in float64 on the same values
+torch.ops.regops.spectral_power_triton(weights, u, v, n, eps) -> (sigma, u_out, v_out): n steps of
+u = normalize(W v), v = normalize(Wᵀ u) (F.normalize, eps), then sigma = (Wᵀ u) · v, the vectors of all matrices
+concatenated; spectral_outer_triton(g, u, v, weights) -> g_l · u_l v_lᵀ in W_l's dtype. The tests hold per-matrix
+lists and go through power_lists / outer_lists, which concatenate and split. The oracle runs torch.mv / F.normalize in float64 on the same values
 (low-precision weights are exact in float64, so the only error is the kernels' float32 accumulation). On CPU-only
 machines the conftest sets TRITON_INTERPRET=1, so the kernels run interpreted (the sizes are small). Also: the
 contract's errors word for word (contracts/spectral.py), the fake kernels, and the sm_90 cubins of every kernel.
@@ -49,6 +50,19 @@ def outer():
     return torch.ops.regops.spectral_outer_triton
 
 
+def _split(x, weights, dim):
+    return list(x.split([w.shape[dim] for w in weights]))
+
+
+def power_lists(weights, us, vs, n_iter, eps, op=None):
+    sigma, u, v = (op or power())(weights, torch.cat(us), torch.cat(vs), n_iter, eps)
+    return sigma, _split(u, weights, 0), _split(v, weights, 1)
+
+
+def outer_lists(g, us, vs, weights):
+    return outer()(g, torch.cat(us), torch.cat(vs), weights)
+
+
 def make_lists(shapes, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     acc = acc_of(dtype)
@@ -85,7 +99,7 @@ def check_power(got, exp, dtype):
     for got_list, exp_list in ((us, u_exp), (vs, v_exp)):
         assert len(got_list) == len(exp_list)
         for x, e in zip(got_list, exp_list):
-            assert x.dtype == acc and x.shape == e.shape and x.is_contiguous()
+            assert x.dtype == acc and x.shape == e.shape
             torch.testing.assert_close(x.cpu().double(), e, **tol)
 
 
@@ -97,7 +111,7 @@ def check_power(got, exp, dtype):
 def test_power_matches_formula(case, dtype, n_iter):
     weights, us, vs = make_lists(SHAPES[case], dtype)
     before = [t.clone() for t in (*weights, *us, *vs)]
-    got = power()(weights, us, vs, n_iter, 1e-12)
+    got = power_lists(weights, us, vs, n_iter, 1e-12)
     check_power(got, expected_power(weights, us, vs, n_iter), dtype)
     # new tensors; the inputs untouched
     for t, b in zip((*weights, *us, *vs), before):
@@ -113,7 +127,7 @@ def test_power_eps_branch(dtype):
     weights, us, vs = make_lists([(5, 9), (4, 3)], dtype)
     weights[0].zero_()
     for eps in (1e-12, 1e3):
-        got = power()(weights, us, vs, 2, eps)
+        got = power_lists(weights, us, vs, 2, eps)
         exp = expected_power(weights, us, vs, 2, eps)
         check_power(got, exp, dtype)
         assert float(got[0][0]) == 0.0 and not got[1][0].any() and not got[2][0].any()
@@ -122,9 +136,12 @@ def test_power_eps_branch(dtype):
 def test_power_non_contiguous():
     weights, us, vs = make_lists([(9, 6), (33, 20)], torch.float32)
     weights = [w.t().contiguous().t() for w in weights]
-    us = [torch.stack([u, u], 1)[:, 0] for u in us]
-    assert not weights[0].is_contiguous() and not us[0].is_contiguous()
-    check_power(power()(weights, us, vs, 2, 1e-12), expected_power(weights, us, vs, 2), torch.float32)
+    u = torch.cat(us)
+    u = torch.stack([u, u], 1)[:, 0]
+    assert not weights[0].is_contiguous() and not u.is_contiguous()
+    sigma, u_new, v_new = power()(weights, u, torch.cat(vs), 2, 1e-12)
+    check_power((sigma, _split(u_new, weights, 0), _split(v_new, weights, 1)), expected_power(weights, us, vs, 2),
+                torch.float32)
 
 
 @pytest.mark.skipif(not (_loader.has_compiled_ops() and _loader.schema_registered("spectral_power")),
@@ -132,13 +149,13 @@ def test_power_non_contiguous():
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_power_matches_cpu_kernel(dtype):
     weights, us, vs = make_lists(SHAPES["mixed"], dtype)
-    s, u, v = power()(weights, us, vs, 3, 1e-12)
-    s_cpu, u_cpu, v_cpu = torch.ops.regops.spectral_power([w.cpu() for w in weights], [x.cpu() for x in us],
-                                                          [x.cpu() for x in vs], 3, 1e-12)
+    s, u, v = power()(weights, torch.cat(us), torch.cat(vs), 3, 1e-12)
+    s_cpu, u_cpu, v_cpu = torch.ops.regops.spectral_power([w.cpu() for w in weights], torch.cat(us).cpu(),
+                                                          torch.cat(vs).cpu(), 3, 1e-12)
     tol = TOL[acc_of(dtype)]
     torch.testing.assert_close(s.cpu(), s_cpu, rtol=tol["rtol"], atol=tol["atol"] * float(s_cpu.abs().max()))
-    for a, b in zip((*u, *v), (*u_cpu, *v_cpu)):
-        torch.testing.assert_close(a.cpu(), b, **tol)
+    torch.testing.assert_close(u.cpu(), u_cpu, **tol)
+    torch.testing.assert_close(v.cpu(), v_cpu, **tol)
 
 
 # ---- spectral_outer ----
@@ -149,7 +166,7 @@ def test_outer_matches_formula(case, dtype):
     weights, us, vs = make_lists(SHAPES[case], dtype, seed=3)
     acc = acc_of(dtype)
     g = torch.randn(len(weights), dtype=torch.float64).to(acc).to(DEVICE)
-    grads = outer()(g, us, vs, weights)
+    grads = outer_lists(g, us, vs, weights)
     assert len(grads) == len(weights)
     for l, (G, W) in enumerate(zip(grads, weights)):
         assert G.dtype == dtype and G.shape == W.shape and G.is_contiguous() and G.device == W.device
@@ -163,28 +180,29 @@ def test_outer_matches_formula(case, dtype):
 
 def test_outer_non_contiguous_vectors():
     weights, us, vs = make_lists([(6, 10), (3, 70)], torch.bfloat16)
-    vs = [torch.stack([v, v], 1)[:, 1] for v in vs]
+    v = torch.cat(vs)
+    v = torch.stack([v, v], 1)[:, 1]
+    assert not v.is_contiguous()
     g = torch.tensor([0.5, -2.0], device=DEVICE)
-    for l, G in enumerate(outer()(g, us, vs, weights)):
+    for l, G in enumerate(outer()(g, torch.cat(us), v, weights)):
         assert_same_bits(G.cpu(), ((g[l] * us[l])[:, None] * vs[l][None, :]).to(torch.bfloat16).cpu())
 
 
 # ---- the contract, the fakes, the device ----
 
 def _bad_cases():
-    W, u, v = make_lists([(4, 3), (2, 5)], torch.float32)
-    u64 = [x.double() for x in u]
+    W, us, vs = make_lists([(4, 3), (2, 5)], torch.float32)
+    u, v = torch.cat(us), torch.cat(vs)
     g = torch.ones(2, device=DEVICE)
     return {
-        "empty weights": ((), ([], [], [])),
-        "us too short": ((), (W, u[:1], v)),
-        "vs too long": ((), (W, u, v + v[:1])),
-        "u wrong shape": ((), (W, [u[0], u[0]], v)),
-        "v wrong shape": ((), (W, u, [v[0][:2], v[1]])),
-        "u wrong dtype": ((), (W, u64, v)),
+        "empty weights": ((), ([], u, v)),
+        "u too short": ((), (W, u[:5], v)),
+        "v too long": ((), (W, u, torch.cat([v, v[:1]]))),
+        "u 2-D": ((), (W, u[:, None], v)),
+        "u wrong dtype": ((), (W, u.double(), v)),
         "weights int dtype": ((), ([w.to(torch.int32) for w in W], u, v)),
         "mixed dtypes": ((), ([W[0], W[1].double()], u, v)),
-        "1-D weight": ((), ([W[0][0], W[1]], [u[0][:1], u[1]], v)),
+        "1-D weight": ((), ([W[0][0], W[1]], u, v)),
         "grad wrong shape": (("outer",), (g[:1], u, v, W)),
         "grad wrong dtype": (("outer",), (g.double(), u, v, W)),
         "n_power_iterations 0": (("power", 0, 1e-12), (W, u, v)),
@@ -197,8 +215,8 @@ def _contract_error(kind, args, scalars):
     """The exception that contracts/spectral.py raises for these arguments (the ops' checks, in their order)."""
     try:
         if kind == "outer":
-            g, us, vs, weights = args
-            contract.check_lists("spectral_outer", weights, us, vs, None)
+            g, u, v, weights = args
+            contract.check_lists("spectral_outer", weights, u, v, None)
             contract.check_grad(g, weights)
         else:
             contract.check_lists("spectral_power", *args, None)
@@ -230,21 +248,22 @@ def test_contract_errors(case):
 
 def test_contract_error_words():
     """A few messages spelled out, so that the comparison above is not vacuous."""
-    W, u, v = make_lists([(4, 3)], torch.float32)
-    with pytest.raises(ValueError, match=r"regops\.spectral_power: us: expected 1 vectors \(one per weight\), got 0"):
-        power()(W, [], v, 1, 1e-12)
-    with pytest.raises(ValueError, match=r"regops\.spectral_power: vs\[0\]: expected shape \(3,\) \(the columns of "
-                                         r"weights\[0\]\)"):
-        power()(W, u, [u[0]], 1, 1e-12)
-    with pytest.raises(TypeError, match=r"regops\.spectral_outer: us\[0\]: expected dtype float32 \(the accumulation"):
-        outer()(torch.ones(1, device=DEVICE), [u[0].double()], v, W)
+    W, us, vs = make_lists([(4, 3)], torch.float32)
+    u, v = torch.cat(us), torch.cat(vs)
+    with pytest.raises(ValueError, match=r"regops\.spectral_power: u: expected shape \(4,\) \(the row counts of the "
+                                         r"weights added up\), got shape \(3,\)"):
+        power()(W, v, v, 1, 1e-12)
+    with pytest.raises(ValueError, match=r"regops\.spectral_power: v: expected shape \(3,\) \(the column counts"):
+        power()(W, u, u, 1, 1e-12)
+    with pytest.raises(TypeError, match=r"regops\.spectral_outer: u: expected dtype float32 \(the accumulation"):
+        outer()(torch.ones(1, device=DEVICE), u.double(), v, W)
     with pytest.raises(ValueError, match=r"regops\.spectral_power: eps: expected a finite number > 0, got -1"):
         power()(W, u, v, 1, -1.0)
 
 
 def test_cpu_tensors_need_the_interpreter(monkeypatch):
-    W, u, v = make_lists([(4, 3)], torch.float32)
-    W, u, v = [x.cpu() for x in W], [x.cpu() for x in u], [x.cpu() for x in v]
+    W, us, vs = make_lists([(4, 3)], torch.float32)
+    W, u, v = [x.cpu() for x in W], torch.cat(us).cpu(), torch.cat(vs).cpu()
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         power()(W, u, v, 1, 1e-12)
@@ -256,9 +275,9 @@ def test_fake_shapes():
     from torch._subclasses.fake_tensor import FakeTensorMode
     weights, us, vs = make_lists([(4, 3), (2, 5)], torch.bfloat16)
     with FakeTensorMode(allow_non_fake_inputs=True):
-        sigma, u, v = power()(weights, us, vs, 2, 1e-12)
+        sigma, u, v = power()(weights, torch.cat(us), torch.cat(vs), 2, 1e-12)
         assert sigma.shape == (2,) and sigma.dtype == torch.float32
-        assert [x.shape for x in u] == [(4,), (2,)] and [x.shape for x in v] == [(3,), (5,)]
+        assert u.shape == (6,) and v.shape == (8,) and u.dtype == v.dtype == torch.float32
         grads = outer()(sigma, u, v, weights)
         assert [(g.shape, g.dtype) for g in grads] == [((4, 3), torch.bfloat16), ((2, 5), torch.bfloat16)]
 
@@ -266,9 +285,9 @@ def test_fake_shapes():
 def test_opcheck():
     """Schema, fake kernels and AOT dispatch of both ops (no autograd here: the op module registers it)."""
     weights, us, vs = make_lists([(5, 3), (1, 4)], torch.float64)
-    torch.library.opcheck(power().default, (weights, us, vs, 2, 1e-12))
+    torch.library.opcheck(power().default, (weights, torch.cat(us), torch.cat(vs), 2, 1e-12))
     g = torch.tensor([1.5, -0.5], dtype=torch.float64, device=DEVICE)
-    torch.library.opcheck(outer().default, (g, us, vs, weights))
+    torch.library.opcheck(outer().default, (g, torch.cat(us), torch.cat(vs), weights))
 
 
 # ---- sm_90 cubins ----

@@ -3,10 +3,11 @@
 The math is ``csrc/include/regops/spectral_math.h``'s; the semantics are the CPU kernel's (csrc/cpu/spectral.cpp).
 Two custom ops, the schemas of the compiled ``spectral_power`` / ``spectral_outer``:
 
-- ``torch.ops.regops.spectral_power_triton(weights, us, vs, n_power_iterations, eps) -> (sigma, us_out, vs_out)``:
+- ``torch.ops.regops.spectral_power_triton(weights, u, v, n_power_iterations, eps) -> (sigma, u_out, v_out)``:
   n_power_iterations steps of a = W v, u = a / max(|a|, eps), t = Wᵀ u, v = t / max(|t|, eps), then σ = t · v;
   σ (L,) and the new u, v in the accumulation dtype (float32 for float32/bfloat16/float16, float64 for float64).
-- ``torch.ops.regops.spectral_outer_triton(grad_sigmas, us, vs, weights) -> grads``: grad_sigmas[l] · u_l v_lᵀ, in
+  u is the matrices' u_l one after the other (Σ h_l,), v likewise (Σ w_l,).
+- ``torch.ops.regops.spectral_outer_triton(grad_sigmas, u, v, weights) -> grads``: grad_sigmas[l] · u_l v_lᵀ, in
   W_l's dtype and shape, contiguous.
 
 Four kernels, each one launch for the whole list (the contract gives the list one dtype), so a power call is
@@ -21,7 +22,8 @@ Four kernels, each one launch for the whole list (the contract gives the list on
   σ = |t|² / max(|t|, eps) (= t · v).
 - ``spectral_outer_kernel``: a program owns ROW_BLOCK rows of one gradient, g · u_i · v_j.
 
-a and t live in the output tensors us_out / vs_out (vs_out starts as a copy of vs). The host builds one int64 table
+a and t live in the output tensors u_out / v_out (v_out starts as a copy of v); the table points at each
+matrix's slice of them. The host builds one int64 table
 for the call (one host-to-device copy):
 
     [matrix ptrs (L), u ptrs (L), v ptrs (L), rows (L), cols (L), first row program (L), first column program (L),
@@ -227,6 +229,11 @@ def _specs():
 KERNELS = _specs()
 
 
+def _slices(x, mats, dim):
+    """Each matrix's vector as a view of the concatenated x (dim 0: its rows, dim 1: its columns)."""
+    return x.split([t.shape[dim] for t in mats])
+
+
 def _table(mats, us, vs, eps):
     """The int64 table of the call (module docstring) and the offsets of its two program maps, with their sizes."""
     h = torch.tensor([t.shape[0] for t in mats], dtype=torch.int64)
@@ -247,19 +254,18 @@ def _table(mats, us, vs, eps):
 
 
 @torch.library.custom_op("regops::spectral_power_triton", mutates_args=())
-def spectral_power_triton(weights: list[torch.Tensor], us: list[torch.Tensor], vs: list[torch.Tensor],
-                          n_power_iterations: int, eps: float) -> tuple[torch.Tensor, list[torch.Tensor],
-                                                                        list[torch.Tensor]]:
+def spectral_power_triton(weights: list[torch.Tensor], u: torch.Tensor, v: torch.Tensor, n_power_iterations: int,
+                          eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     op = "spectral_power"
-    contract.check_lists(op, weights, us, vs, None)
+    contract.check_lists(op, weights, u, v, None)
     contract.check_params(op, n_power_iterations, eps)
     _host.check_device("regops." + op, weights[0], spectral_rows_kernel)
     dtype, acc = weights[0].dtype, acc_dtype(weights[0].dtype)
     W = [t.contiguous() for t in weights]
     # a is written before it is read; t starts as the given v (the first W v reads it unscaled)
-    u_out = [torch.empty_like(u, memory_format=torch.contiguous_format) for u in us]
-    v_out = [v.clone(memory_format=torch.contiguous_format) for v in vs]
-    table, (row_map, n_rows), (col_map, n_cols) = _table(W, u_out, v_out, eps)
+    u_out = torch.empty_like(u, memory_format=torch.contiguous_format)
+    v_out = v.clone(memory_format=torch.contiguous_format)
+    table, (row_map, n_rows), (col_map, n_cols) = _table(W, _slices(u_out, W, 0), _slices(v_out, W, 1), eps)
     L = len(W)
     sigma = torch.empty(L, dtype=acc, device=W[0].device)
     tl_dtype, tl_acc = _TL_DTYPE[dtype], _TL_DTYPE[acc]
@@ -277,16 +283,15 @@ spectral_power_triton.register_fake(contract.fake_power)
 
 
 @torch.library.custom_op("regops::spectral_outer_triton", mutates_args=())
-def spectral_outer_triton(grad_sigmas: torch.Tensor, us: list[torch.Tensor], vs: list[torch.Tensor],
+def spectral_outer_triton(grad_sigmas: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
                           weights: list[torch.Tensor]) -> list[torch.Tensor]:
     op = "spectral_outer"
-    contract.check_lists(op, weights, us, vs, None)
+    contract.check_lists(op, weights, u, v, None)
     contract.check_grad(grad_sigmas, weights)
     _host.check_device("regops." + op, weights[0], spectral_outer_kernel)
     grads = [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in weights]
-    u = [t.contiguous() for t in us]
-    v = [t.contiguous() for t in vs]
-    table, (row_map, n_rows), _ = _table(grads, u, v, 1.0)
+    u, v = u.contiguous(), v.contiguous()  # kept alive here: the table holds raw addresses into them
+    table, (row_map, n_rows), _ = _table(grads, _slices(u, grads, 0), _slices(v, grads, 1), 1.0)
     gs = grad_sigmas.contiguous()
     with _host.device_guard(gs):
         spectral_outer_kernel[(n_rows,)](table, gs, len(grads), row_map, DTYPE=_TL_DTYPE[weights[0].dtype],
