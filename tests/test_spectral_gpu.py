@@ -53,7 +53,19 @@ def _kernels(impl):
     if impl == "triton" and not (triton_available() and hasattr(torch.ops.regops, "spectral_power_triton")):
         pytest.skip("the triton op regops::spectral_power_triton is not registered")
     suffix = "" if impl == "cuda" else "_triton"
-    return getattr(torch.ops.regops, "spectral_power" + suffix), getattr(torch.ops.regops, "spectral_outer" + suffix)
+    return _list_adapters(getattr(torch.ops.regops, "spectral_power" + suffix),
+                          getattr(torch.ops.regops, "spectral_outer" + suffix))
+
+
+def _list_adapters(power_op, outer_op):
+    """The ops take the vectors of all matrices concatenated; the tests hold per-matrix lists."""
+    def power(weights, us, vs, n_iter, eps):
+        sigma, u, v = power_op(weights, torch.cat(us), torch.cat(vs), n_iter, eps)
+        return sigma, list(u.split([w.shape[0] for w in weights])), list(v.split([w.shape[1] for w in weights]))
+
+    def outer(grad_sigmas, us, vs, weights):
+        return outer_op(grad_sigmas, torch.cat(us), torch.cat(vs), weights)
+    return power, outer
 
 
 def _cpu_kernel():
@@ -100,8 +112,6 @@ def test_power_matches_formula_and_cpu_kernel(impl, dtype, case, n_iter):
     for l, W in enumerate(weights):
         assert u_out[l].shape == (W.shape[0],) and v_out[l].shape == (W.shape[1],)
         assert u_out[l].dtype == acc and v_out[l].dtype == acc
-        assert u_out[l].is_contiguous() and v_out[l].is_contiguous()
-        assert u_out[l].data_ptr() != us[l].data_ptr() and v_out[l].data_ptr() != vs[l].data_ptr()
         assert torch.equal(us[l], keep_u[l]) and torch.equal(vs[l], keep_v[l])  # the inputs are untouched
     ref_s, ref_u, ref_v = _formula(weights, vs, n_iter)
     tol = _tol(dtype)
@@ -110,8 +120,8 @@ def test_power_matches_formula_and_cpu_kernel(impl, dtype, case, n_iter):
         assert_close(u_out[l], ref_u[l].to(acc), acc, **tol)
         assert_close(v_out[l], ref_v[l].to(acc), acc, **tol)
     if _cpu_kernel():
-        cs, cu, cv = torch.ops.regops.spectral_power([w.cpu() for w in weights], [u.cpu() for u in us],
-                                                     [v.cpu() for v in vs], n_iter, EPS)
+        cpu_power, _ = _list_adapters(torch.ops.regops.spectral_power, torch.ops.regops.spectral_outer)
+        cs, cu, cv = cpu_power([w.cpu() for w in weights], [u.cpu() for u in us], [v.cpu() for v in vs], n_iter, EPS)
         assert_close(sigma.cpu(), cs, acc, **tol)
         for l in range(len(weights)):
             assert_close(u_out[l].cpu(), cu[l], acc, **tol)
@@ -134,7 +144,7 @@ def test_outer_matches_formula_and_cpu_kernel(impl, dtype, case):
         rtol = {torch.float64: 1e-15, torch.float32: 1e-6, torch.bfloat16: 2.0 ** -7, torch.float16: 2.0 ** -10}[dtype]
         torch.testing.assert_close(g.double(), exact, rtol=rtol, atol=1e-30 if dtype == torch.float64 else 1e-7)
     if _cpu_kernel():
-        cg = torch.ops.regops.spectral_outer(grad_sigmas.cpu(), [u.cpu() for u in us], [v.cpu() for v in vs],
+        cg = torch.ops.regops.spectral_outer(grad_sigmas.cpu(), torch.cat(us).cpu(), torch.cat(vs).cpu(),
                                              [w.cpu() for w in weights])
         for g, c in zip(grads, cg):
             assert torch.equal(g.cpu(), c)  # g·u_i, then ·v_j, then one rounding: the same bits on both
@@ -155,6 +165,12 @@ def test_strided_inputs_zero_matrix_and_many_matrices(impl):
     sigma, u_out, v_out = power(weights, us, vs, 2, EPS)
     ref_s, ref_u, ref_v = _formula(weights, vs, 2)
     assert_close(sigma, ref_s.float(), torch.float32, **_tol(torch.float32))
+    raw_power = torch.ops.regops.spectral_power if impl == "cuda" else torch.ops.regops.spectral_power_triton
+    u_strided = torch.stack([torch.cat(us)] * 2, 1)[:, 1]  # non-contiguous concatenated vectors
+    v_strided = torch.stack([torch.cat(vs)] * 2, 1)[:, 0]
+    assert not u_strided.is_contiguous()
+    s2, _, _ = raw_power(weights, u_strided, v_strided, 2, EPS)
+    assert torch.equal(s2, sigma)
     assert float(sigma[1]) == 0.0 and not u_out[1].any() and not v_out[1].any()
     for l in range(len(shapes)):
         assert_close(u_out[l], ref_u[l].float(), torch.float32, **_tol(torch.float32))
@@ -204,10 +220,11 @@ def test_public_op_matches_reference(impl, dtype, n_iter):
 def test_bad_input_raises_the_contracts_errors(impl):
     power, outer = _kernels(impl)
     weights, us, vs = _inputs([(4, 3), (2, 5)], torch.float32)
-    with pytest.raises(RuntimeError, match=r"spectral_power: us\[1\]: expected device cuda"):
-        power(weights, [us[0], us[1].cpu()], vs, 1, EPS)
-    with pytest.raises(TypeError, match=r"spectral_power: vs\[0\]: expected dtype float32"):
-        power(weights, us, [vs[0].double(), vs[1]], 1, EPS)
+    raw_power = torch.ops.regops.spectral_power if impl == "cuda" else torch.ops.regops.spectral_power_triton
+    with pytest.raises(RuntimeError, match=r"spectral_power: u: expected device cuda"):
+        raw_power(weights, torch.cat(us).cpu(), torch.cat(vs), 1, EPS)
+    with pytest.raises(TypeError, match=r"spectral_power: v: expected dtype float32"):
+        raw_power(weights, torch.cat(us), torch.cat(vs).double(), 1, EPS)
     with pytest.raises(ValueError, match="spectral_power: n_power_iterations: expected an int >= 1"):
         power(weights, us, vs, 0, EPS)
     with pytest.raises(ValueError, match=r"spectral_outer: grad_sigmas: expected shape \(2,\)"):
