@@ -31,3 +31,8 @@ except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0.0.0+source"
 
 __all__ = ["conr_loss", "supcon_loss", "focal_supcon_loss", "hard_pair_mixup", "HardPairMixup", "empty_cache", "graddrop_", "graddrop_keep_prob", "masktune", "kd_loss", "decoupled_mixup_loss", "elr_loss", "preference_loss", "fused_linear_preference_loss", "rrpo_loss", "kl_to_reference", "cream_consistency", "monge_gap", "monge_gap_map", "p2ot_plan", "sp2ot_plan", "P2OT", "P2OTState", "rho_schedule", "topk_gaussian_similarity", "orthonormal_penalty", "sorsa_ortho_loss", "sorsa_regularize_", "param_repulsion", "RepulsionAnchors", "spectral_norm_penalty", "SpectralNormState", "adversarial_state_noise", "nn", "ot", "__version__"]
+
+# Contractive auto-encoders (Rifai et al. 2011; Alain & Bengio, "What Regularized Auto-Encoders Learn from the Data
+# Generating Distribution"): reference only
+from .ops.contractive import cae_encoder_penalty, contractive_penalty, sigmoid_ae_jacobian_penalty  # noqa: E402
+__all__ += ["contractive_penalty", "sigmoid_ae_jacobian_penalty", "cae_encoder_penalty"]

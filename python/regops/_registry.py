@@ -190,6 +190,11 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in (
     OpSpec("spectral_norm_penalty", SPECTRAL),
     OpSpec("adversarial_state_noise", None),
     OpSpec("param_repulsion", REPULSION),
+    # Contractive auto-encoders (Rifai et al. 2011; Alain & Bengio, "What Regularized Auto-Encoders Learn from the
+    # Data Generating Distribution"): reference only
+    OpSpec("contractive_penalty", None),
+    OpSpec("sigmoid_ae_jacobian_penalty", None),
+    OpSpec("cae_encoder_penalty", None),
 )}
 
 # Schemas that belong to no engine: build facts and the CPU output cache (csrc/ops.cpp).
