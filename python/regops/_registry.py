@@ -190,6 +190,9 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in (
     OpSpec("spectral_norm_penalty", SPECTRAL),
     OpSpec("adversarial_state_noise", None),
     OpSpec("param_repulsion", REPULSION),
+    # Locally Regularized Neural Differential Equations (Pal et al., ICML 2023): reference only
+    OpSpec("local_error_penalty", None),
+    OpSpec("sample_regularization_time", None),
 )}
 
 # Schemas that belong to no engine: build facts and the CPU output cache (csrc/ops.cpp).
