@@ -21,6 +21,8 @@ from .ops.preference import (cream_consistency, fused_linear_preference_loss, kl
                              rrpo_loss)
 from .ops.repulsion import RepulsionAnchors, param_repulsion
 from .ops.spectral import SpectralNormState, adversarial_state_noise, spectral_norm_penalty
+# Locally Regularized Neural Differential Equations (Pal et al., ICML 2023); exported at the end of this file
+from .ops.local_error import local_error_penalty, sample_regularization_time
 from .ops import _autograd
 
 _autograd.register_all()
@@ -36,3 +38,5 @@ __all__ = ["conr_loss", "supcon_loss", "focal_supcon_loss", "hard_pair_mixup", "
 # Generating Distribution"): reference only
 from .ops.contractive import cae_encoder_penalty, contractive_penalty, sigmoid_ae_jacobian_penalty  # noqa: E402
 __all__ += ["contractive_penalty", "sigmoid_ae_jacobian_penalty", "cae_encoder_penalty"]
+# Locally Regularized Neural Differential Equations (Pal et al., ICML 2023)
+__all__ += ["local_error_penalty", "sample_regularization_time"]

@@ -195,6 +195,9 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in (
     OpSpec("contractive_penalty", None),
     OpSpec("sigmoid_ae_jacobian_penalty", None),
     OpSpec("cae_encoder_penalty", None),
+    # Locally Regularized Neural Differential Equations (Pal et al., ICML 2023): reference only
+    OpSpec("local_error_penalty", None),
+    OpSpec("sample_regularization_time", None),
 )}
 
 # Schemas that belong to no engine: build facts and the CPU output cache (csrc/ops.cpp).
