@@ -21,6 +21,10 @@ from .ops.preference import (cream_consistency, fused_linear_preference_loss, kl
                              rrpo_loss)
 from .ops.repulsion import RepulsionAnchors, param_repulsion
 from .ops.spectral import SpectralNormState, adversarial_state_noise, spectral_norm_penalty
+# VGNN (NYUMedML/GNN_for_EHR) and LSA (khalooei/LSA)
+from .ops.vgnn import gaussian_kl, reparameterize, select_present_nodes
+from .ops.lsa import layer_relative_error
+from . import lsa
 from .ops import _autograd
 
 _autograd.register_all()
@@ -31,3 +35,5 @@ except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0.0.0+source"
 
 __all__ = ["conr_loss", "supcon_loss", "focal_supcon_loss", "hard_pair_mixup", "HardPairMixup", "empty_cache", "graddrop_", "graddrop_keep_prob", "masktune", "kd_loss", "decoupled_mixup_loss", "elr_loss", "preference_loss", "fused_linear_preference_loss", "rrpo_loss", "kl_to_reference", "cream_consistency", "monge_gap", "monge_gap_map", "p2ot_plan", "sp2ot_plan", "P2OT", "P2OTState", "rho_schedule", "topk_gaussian_similarity", "orthonormal_penalty", "sorsa_ortho_loss", "sorsa_regularize_", "param_repulsion", "RepulsionAnchors", "spectral_norm_penalty", "SpectralNormState", "adversarial_state_noise", "nn", "ot", "__version__"]
+# VGNN (NYUMedML/GNN_for_EHR) and LSA (khalooei/LSA)
+__all__ += ["gaussian_kl", "reparameterize", "select_present_nodes", "layer_relative_error", "lsa"]

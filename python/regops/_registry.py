@@ -190,6 +190,13 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in (
     OpSpec("spectral_norm_penalty", SPECTRAL),
     OpSpec("adversarial_state_noise", None),
     OpSpec("param_repulsion", REPULSION),
+    # VGNN (Zhu & Razavian, CHIL 2021; NYUMedML/GNN_for_EHR) and LSA (Khalooei et al.; khalooei/LSA): reference only
+    OpSpec("gaussian_kl", None),
+    OpSpec("reparameterize", None),
+    OpSpec("select_present_nodes", None),
+    OpSpec("layer_relative_error", None),
+    OpSpec("lsa.most_vulnerable_layers", None),
+    OpSpec("lsa.layerwise_penalty", None),
 )}
 
 # Schemas that belong to no engine: build facts and the CPU output cache (csrc/ops.cpp).
