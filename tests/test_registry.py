@@ -27,13 +27,14 @@ def test_every_registered_op_is_public_and_takes_impl():
         assert callable(fn), name
         assert _takes_impl(fn), f"regops.{name} has no impl= argument"
         module = name.rsplit(".", 1)[0] if "." in name else None
-        exported = (regops.ot.__all__ if module == "ot" else regops.__all__)
+        exported = _public(module).__all__ if module else regops.__all__
         assert name.rsplit(".", 1)[-1] in exported, f"regops.{name} is registered but not in __all__"
 
 
 @pytest.mark.smoke
 def test_every_public_op_is_registered():
-    for module, prefix in ((regops, ""), (regops.ot, "ot.")):
+    submodules = sorted({name.rsplit(".", 1)[0] for name in _registry.OPS if "." in name})
+    for module, prefix in [(regops, "")] + [(_public(m), m + ".") for m in submodules]:
         for attr in module.__all__:
             obj = getattr(module, attr)
             if inspect.isfunction(obj) and _takes_impl(obj):

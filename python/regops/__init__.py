@@ -23,6 +23,10 @@ from .ops.repulsion import RepulsionAnchors, param_repulsion
 from .ops.spectral import SpectralNormState, adversarial_state_noise, spectral_norm_penalty
 # Locally Regularized Neural Differential Equations (Pal et al., ICML 2023); exported at the end of this file
 from .ops.local_error import local_error_penalty, sample_regularization_time
+# VGNN (NYUMedML/GNN_for_EHR) and LSA (khalooei/LSA)
+from .ops.vgnn import gaussian_kl, reparameterize, select_present_nodes
+from .ops.lsa import layer_relative_error
+from . import lsa
 from .ops import _autograd
 
 _autograd.register_all()
@@ -40,3 +44,5 @@ from .ops.contractive import cae_encoder_penalty, contractive_penalty, sigmoid_a
 __all__ += ["contractive_penalty", "sigmoid_ae_jacobian_penalty", "cae_encoder_penalty"]
 # Locally Regularized Neural Differential Equations (Pal et al., ICML 2023)
 __all__ += ["local_error_penalty", "sample_regularization_time"]
+# VGNN (NYUMedML/GNN_for_EHR) and LSA (khalooei/LSA)
+__all__ += ["gaussian_kl", "reparameterize", "select_present_nodes", "layer_relative_error", "lsa"]

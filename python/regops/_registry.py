@@ -198,6 +198,13 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in (
     # Locally Regularized Neural Differential Equations (Pal et al., ICML 2023): reference only
     OpSpec("local_error_penalty", None),
     OpSpec("sample_regularization_time", None),
+    # VGNN (Zhu & Razavian, CHIL 2021; NYUMedML/GNN_for_EHR) and LSA (Khalooei et al.; khalooei/LSA): reference only
+    OpSpec("gaussian_kl", None),
+    OpSpec("reparameterize", None),
+    OpSpec("select_present_nodes", None),
+    OpSpec("layer_relative_error", None),
+    OpSpec("lsa.most_vulnerable_layers", None),
+    OpSpec("lsa.layerwise_penalty", None),
 )}
 
 # Schemas that belong to no engine: build facts and the CPU output cache (csrc/ops.cpp).
