@@ -21,6 +21,11 @@ from .ops.preference import (cream_consistency, fused_linear_preference_loss, kl
                              rrpo_loss)
 from .ops.repulsion import RepulsionAnchors, param_repulsion
 from .ops.spectral import SpectralNormState, adversarial_state_noise, spectral_norm_penalty
+# CoRe, DORNet, RoMaP, VPRSNN ensembles (hyperactive neurons)
+from .ops.core_reg import context_attention_reg, context_embedding_reg
+from .ops.dornet import contrast_ratio_loss, dornet_vgg19_slices
+from .ops.romap import masked_l1_anchor
+from .ops.snn import apply_hyperactive_mask, calibrate_hyperactive_threshold, hyperactive_neuron_mask
 from .ops import _autograd
 
 _autograd.register_all()
@@ -31,3 +36,6 @@ except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0.0.0+source"
 
 __all__ = ["conr_loss", "supcon_loss", "focal_supcon_loss", "hard_pair_mixup", "HardPairMixup", "empty_cache", "graddrop_", "graddrop_keep_prob", "masktune", "kd_loss", "decoupled_mixup_loss", "elr_loss", "preference_loss", "fused_linear_preference_loss", "rrpo_loss", "kl_to_reference", "cream_consistency", "monge_gap", "monge_gap_map", "p2ot_plan", "sp2ot_plan", "P2OT", "P2OTState", "rho_schedule", "topk_gaussian_similarity", "orthonormal_penalty", "sorsa_ortho_loss", "sorsa_regularize_", "param_repulsion", "RepulsionAnchors", "spectral_norm_penalty", "SpectralNormState", "adversarial_state_noise", "nn", "ot", "__version__"]
+# CoRe, DORNet, RoMaP, VPRSNN ensembles (hyperactive neurons)
+__all__ += ["context_embedding_reg", "context_attention_reg", "contrast_ratio_loss", "dornet_vgg19_slices",
+            "masked_l1_anchor", "hyperactive_neuron_mask", "apply_hyperactive_mask", "calibrate_hyperactive_threshold"]
