@@ -27,6 +27,11 @@ from .ops.local_error import local_error_penalty, sample_regularization_time
 from .ops.vgnn import gaussian_kl, reparameterize, select_present_nodes
 from .ops.lsa import layer_relative_error
 from . import lsa
+# CoRe, DORNet, RoMaP, VPRSNN ensembles (hyperactive neurons)
+from .ops.core_reg import context_attention_reg, context_embedding_reg
+from .ops.dornet import contrast_ratio_loss, dornet_vgg19_slices
+from .ops.romap import masked_l1_anchor
+from .ops.snn import apply_hyperactive_mask, calibrate_hyperactive_threshold, hyperactive_neuron_mask
 from .ops import _autograd
 
 _autograd.register_all()
@@ -46,3 +51,6 @@ __all__ += ["contractive_penalty", "sigmoid_ae_jacobian_penalty", "cae_encoder_p
 __all__ += ["local_error_penalty", "sample_regularization_time"]
 # VGNN (NYUMedML/GNN_for_EHR) and LSA (khalooei/LSA)
 __all__ += ["gaussian_kl", "reparameterize", "select_present_nodes", "layer_relative_error", "lsa"]
+# CoRe, DORNet, RoMaP, VPRSNN ensembles (hyperactive neurons)
+__all__ += ["context_embedding_reg", "context_attention_reg", "contrast_ratio_loss", "dornet_vgg19_slices",
+            "masked_l1_anchor", "hyperactive_neuron_mask", "apply_hyperactive_mask", "calibrate_hyperactive_threshold"]

@@ -205,6 +205,15 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in (
     OpSpec("layer_relative_error", None),
     OpSpec("lsa.most_vulnerable_layers", None),
     OpSpec("lsa.layerwise_penalty", None),
+    # CoRe (context regularizers), DORNet (contrastive ratio), RoMaP (masked L1 anchor), VPRSNN ensembles
+    # (hyperactive neurons): reference only
+    OpSpec("context_embedding_reg", None),
+    OpSpec("context_attention_reg", None),
+    OpSpec("contrast_ratio_loss", None),
+    OpSpec("masked_l1_anchor", None),
+    OpSpec("hyperactive_neuron_mask", None),
+    OpSpec("apply_hyperactive_mask", None),
+    OpSpec("calibrate_hyperactive_threshold", None),
 )}
 
 # Schemas that belong to no engine: build facts and the CPU output cache (csrc/ops.cpp).
