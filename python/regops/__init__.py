@@ -21,13 +21,12 @@ from .ops.preference import (cream_consistency, fused_linear_preference_loss, kl
                              rrpo_loss)
 from .ops.repulsion import RepulsionAnchors, param_repulsion
 from .ops.spectral import SpectralNormState, adversarial_state_noise, spectral_norm_penalty
-# Locally Regularized Neural Differential Equations (Pal et al., ICML 2023); exported at the end of this file
+# the seed regularizers of issue 16 (reference only)
+from .ops.contractive import cae_encoder_penalty, contractive_penalty, sigmoid_ae_jacobian_penalty
 from .ops.local_error import local_error_penalty, sample_regularization_time
-# VGNN (NYUMedML/GNN_for_EHR) and LSA (khalooei/LSA)
 from .ops.vgnn import gaussian_kl, reparameterize, select_present_nodes
 from .ops.lsa import layer_relative_error
 from . import lsa
-# CoRe, DORNet, RoMaP, VPRSNN ensembles (hyperactive neurons)
 from .ops.core_reg import context_attention_reg, context_embedding_reg
 from .ops.dornet import contrast_ratio_loss, dornet_vgg19_slices
 from .ops.romap import masked_l1_anchor
@@ -41,16 +40,17 @@ try:
 except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0.0.0+source"
 
-__all__ = ["conr_loss", "supcon_loss", "focal_supcon_loss", "hard_pair_mixup", "HardPairMixup", "empty_cache", "graddrop_", "graddrop_keep_prob", "masktune", "kd_loss", "decoupled_mixup_loss", "elr_loss", "preference_loss", "fused_linear_preference_loss", "rrpo_loss", "kl_to_reference", "cream_consistency", "monge_gap", "monge_gap_map", "p2ot_plan", "sp2ot_plan", "P2OT", "P2OTState", "rho_schedule", "topk_gaussian_similarity", "orthonormal_penalty", "sorsa_ortho_loss", "sorsa_regularize_", "param_repulsion", "RepulsionAnchors", "spectral_norm_penalty", "SpectralNormState", "adversarial_state_noise", "nn", "ot", "__version__"]
-
-# Contractive auto-encoders (Rifai et al. 2011; Alain & Bengio, "What Regularized Auto-Encoders Learn from the Data
-# Generating Distribution"): reference only
-from .ops.contractive import cae_encoder_penalty, contractive_penalty, sigmoid_ae_jacobian_penalty  # noqa: E402
-__all__ += ["contractive_penalty", "sigmoid_ae_jacobian_penalty", "cae_encoder_penalty"]
-# Locally Regularized Neural Differential Equations (Pal et al., ICML 2023)
-__all__ += ["local_error_penalty", "sample_regularization_time"]
-# VGNN (NYUMedML/GNN_for_EHR) and LSA (khalooei/LSA)
-__all__ += ["gaussian_kl", "reparameterize", "select_present_nodes", "layer_relative_error", "lsa"]
-# CoRe, DORNet, RoMaP, VPRSNN ensembles (hyperactive neurons)
-__all__ += ["context_embedding_reg", "context_attention_reg", "contrast_ratio_loss", "dornet_vgg19_slices",
-            "masked_l1_anchor", "hyperactive_neuron_mask", "apply_hyperactive_mask", "calibrate_hyperactive_threshold"]
+__all__ = [
+    "conr_loss", "supcon_loss", "focal_supcon_loss", "hard_pair_mixup", "HardPairMixup", "empty_cache", "graddrop_",
+    "graddrop_keep_prob", "masktune", "kd_loss", "decoupled_mixup_loss", "elr_loss", "preference_loss",
+    "fused_linear_preference_loss", "rrpo_loss", "kl_to_reference", "cream_consistency", "monge_gap", "monge_gap_map",
+    "p2ot_plan", "sp2ot_plan", "P2OT", "P2OTState", "rho_schedule", "topk_gaussian_similarity", "orthonormal_penalty",
+    "sorsa_ortho_loss", "sorsa_regularize_", "param_repulsion", "RepulsionAnchors", "spectral_norm_penalty",
+    "SpectralNormState", "adversarial_state_noise",
+    # issue 16's seed regularizers
+    "contractive_penalty", "sigmoid_ae_jacobian_penalty", "cae_encoder_penalty", "local_error_penalty",
+    "sample_regularization_time", "gaussian_kl", "reparameterize", "select_present_nodes", "layer_relative_error",
+    "context_embedding_reg", "context_attention_reg", "contrast_ratio_loss", "dornet_vgg19_slices", "masked_l1_anchor",
+    "hyperactive_neuron_mask", "apply_hyperactive_mask", "calibrate_hyperactive_threshold",
+    "nn", "ot", "lsa", "__version__",
+]
