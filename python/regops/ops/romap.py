@@ -33,7 +33,8 @@ def masked_l1_anchor(render: torch.Tensor, target: torch.Tensor, mask: torch.Ten
     - "sum": Σ m·|r − t|; "none": the elementwise m·|r − t| (``render``'s shape).
 
     Departures / uncertainties: the formula is from the abstract only (see the module docstring), so which
-    normalization the paper uses is not pinned; "mean" is the default. The mask is not detached: pass
+    normalization the paper uses is not pinned; "mean" is the default (a loss weight that does not move with the
+    mask's area). Written as a norm, λ·‖M ⊙ (render − target)‖₁, the term is ``reduction="sum"``. The mask is not detached: pass
     ``mask.detach()`` when it comes from the model being trained. Values in float32 for half inputs."""
     op = "masked_l1_anchor"
     _checks.check_choice(op, "reduction", reduction, ("mean", "pixel_mean", "sum", "none"))
