@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import regops
 from regops.ot import p2ot as P
@@ -51,9 +51,14 @@ def reference_plan(kind, scale, k, rho):
     return plan
 
 
+# A kernel's float32 plan may exceed the row bound by rounding: at logits ×1000 (|z|/eps ~ 1e4) and ρ = 1 a row
+# sums to 1 + 3.1e-5 (the float64 reference: 1 + 2e-7), well inside the kernel-vs-reference TOL.
+ROW_SLACK = 5e-5
+
+
 def check_plan(plan, rho, n=N):
     assert plan.dtype == torch.float32 and torch.isfinite(plan).all()
-    assert (plan >= 0).all() and (plan.sum(1) <= 1 + 1e-5).all()
+    assert (plan >= 0).all() and (plan.sum(1) <= 1 + ROW_SLACK).all(), float(plan.sum(1).max()) - 1
     assert plan.sum().item() == pytest.approx(n * rho, rel=1e-4)
 
 
@@ -146,6 +151,7 @@ def test_sp2ot_default_lambda(impl, kind, scale, rho):
 @settings(max_examples=30)
 @given(log_scale=st.floats(0.0, 4.0), kind=st.sampled_from(KINDS), k=st.sampled_from([1, 2, 5, 37, 64]),
        rho=st.sampled_from(RHOS), n=st.integers(1, 150), seed=st.integers(0, 2 ** 16))
+@example(log_scale=3.0, kind="gaussian", k=64, rho=1.0, n=135, seed=0)  # found by a CI run: rows at 1 + 3.1e-5
 def test_hypothesis_scale(log_scale, kind, k, rho, n, seed):
     z = make_logits(kind, 10.0 ** log_scale, k, n=n, seed=seed)
     want, sref = regops.p2ot_plan(z, rho, impl="reference", **SOLVE)
