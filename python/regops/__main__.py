@@ -14,6 +14,17 @@ def info() -> None:
 
     print(f"regops {regops.__version__}")
     print(f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'}; GPU present: {torch.cuda.is_available()})")
+    facts = _loader.BUILD_FACTS
+    if facts:
+        cuda = (f"CUDA kernels for archs {facts.get('cuda_archs')}, nvcc {facts.get('cuda_toolkit')}"
+                if facts.get("with_cuda") else "CPU kernels only")
+        print(f"build facts ({_loader.BUILD_FACTS_PATH}): regops {facts.get('regops_version')} built for torch "
+              f"{facts.get('torch_version')} (CUDA {facts.get('torch_cuda') or 'none'}); {cuda}; Python "
+              f"{facts.get('python')} on {facts.get('platform')}; commit {facts.get('commit') or 'unknown'}")
+    else:
+        print(f"build facts: none ({_loader.BUILD_FACTS_PATH} is absent: no build, or one older than the facts)")
+    if _loader.BUILD_MISMATCH:
+        print(f"build mismatch: {_loader.BUILD_MISMATCH}")
     C = _loader._C
     if C is not None:
         print(f"compiled ops: regops._C, built against torch {C.torch_version}; CUDA kernels: {C.with_cuda}"
@@ -23,6 +34,8 @@ def info() -> None:
         print(f"CPU threads: {C.intra_op_threads()} (torch's intra-op pool; {omp or 'see torch.__config__.parallel_info()'})")
     elif _loader.LIBRARY_PATH:
         print(f"compiled ops: {_loader.LIBRARY_PATH} ({torch.ops.regops._build_info()})")
+    elif _loader.BUILD_MISMATCH:
+        print("compiled ops: not loaded (the build mismatch above); the reference runs everywhere")
     else:
         print(f"compiled ops: none ({_loader.LOAD_ERROR}); the reference runs everywhere")
     if _loader.triton_available():
