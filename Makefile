@@ -55,4 +55,4 @@ gpu-check:
 	bash scripts/gpu_check.sh
 
 clean:
-	rm -rf build build-cpu build-cmake python/regops/_C*.so *.egg-info python/*.egg-info
+	rm -rf build build-cpu build-cmake python/regops/_C*.so python/regops/_build_facts.json *.egg-info python/*.egg-info

@@ -6,12 +6,18 @@ Environment:
   TORCH_CUDA_ARCH_LIST  CUDA archs (default 8.0;9.0). MAX_JOBS: parallel compile jobs.
   REGOPS_BUILD_DIR      build folder (default build/), so two venvs can build side by side.
 Never decided by torch.cuda.is_available(): GPU-less build hosts still build CUDA.
+
+The build writes its facts (torch, CUDA, archs, Python, commit) to regops/_build_facts.json next to the built _C,
+so that the loader (regops/_loader.py) can name a mismatch with the running torch instead of failing on it.
 """
 import glob
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
+import sysconfig
 import tempfile
 
 from setuptools import find_packages, setup
@@ -76,6 +82,70 @@ def write_build_config():
         open(path, "w").write(text)
 
 
+BUILD_FACTS_NAME = "_build_facts.json"  # regops/_loader.py reads it under this name
+
+
+def nvcc_version():
+    """The version of the nvcc that compiles the CUDA kernels ("13.0.88"), or None when it cannot be asked."""
+    from torch.utils.cpp_extension import CUDA_HOME
+    nvcc = os.path.join(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else shutil.which("nvcc")
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, TypeError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"release [\d.]+, V([\d.]+)", out) or re.search(r"release ([\d.]+)", out)
+    return m.group(1) if m else None
+
+
+def git_commit():
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None  # None: an sdist, no git
+
+
+def build_facts():
+    """What this build was made with; the loader compares torch and CUDA with the running process's."""
+    return {
+        "regops_version": VERSION,
+        "torch_version": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_toolkit": nvcc_version() if WITH_CUDA else None,
+        "cuda_archs": os.environ["TORCH_CUDA_ARCH_LIST"] if WITH_CUDA else None,
+        "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "platform": sysconfig.get_platform(),
+        "commit": git_commit(),
+        "with_cuda": WITH_CUDA,
+    }
+
+
+def write_build_facts(path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(build_facts(), f, indent=2)
+        f.write("\n")
+
+
+class BuildExtWithFacts(BuildExtension):
+    """torch's BuildExtension, then the build facts next to the built _C: in the build folder (wheels and
+    non-editable installs take it from there) and, for an editable or --inplace build, in python/regops too.
+
+    The facts follow the .so: they are rewritten only when _C was rebuilt, so an up-to-date _C that was skipped
+    after a torch upgrade keeps the facts of the torch it was really built against (and the loader says so)."""
+
+    def run(self):
+        super().run()
+        ext = next(e for e in self.extensions if e.name == "regops._C")
+        built = os.path.join(self.build_lib, self.get_ext_filename(self.get_ext_fullname(ext.name)))
+        facts = os.path.join(os.path.dirname(built), BUILD_FACTS_NAME)
+        if not os.path.exists(facts) or os.path.getmtime(built) > os.path.getmtime(facts):
+            write_build_facts(facts)
+        if self.inplace:  # setuptools copied _C next to the sources: the facts go with it, always (as _C does)
+            package_dir = self.get_finalized_command("build_py").get_package_dir("regops")
+            shutil.copyfile(facts, os.path.join(package_dir, BUILD_FACTS_NAME))
+
+
 def extension():
     write_build_config()
     rel = lambda pattern: sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
@@ -97,8 +167,10 @@ setup(
     version=VERSION,
     package_dir={"": "python"},
     packages=find_packages("python"),
+    # Not _build_facts.json: build_py would copy python/regops's (another build's) into the build folder. Wheels
+    # carry the one BuildExtWithFacts writes there: everything in the build folder goes into the wheel.
     package_data={"regops": ["gpu_validated.txt"]},
     ext_modules=[extension()],
-    cmdclass={"build_ext": BuildExtension},
+    cmdclass={"build_ext": BuildExtWithFacts},
     options={"build": {"build_base": BUILD_BASE}},
 )

@@ -33,7 +33,7 @@ if [ -f "$OUT/gpu_validated.txt" ]; then
 fi
 
 stage "GPU bench"
-timeout 300 $PY -m regops bench --quick --no-memory --csv "$OUT/bench_cuda.csv" 2>&1 | tee "$OUT/bench.log" | tail -60
+timeout 300 $PY -m regops bench --device cuda --quick --no-memory --csv "$OUT/bench_cuda.csv" 2>&1 | tee "$OUT/bench.log" | tail -60
 
 stage "done (tests rc=$tests_rc)"
 exit "$tests_rc"

@@ -1,15 +1,10 @@
-"""conr_loss: the reference against the official formulation (bench/baselines), the check value, edge cases.
+"""conr_loss: the reference against the official formulation (regops.bench), the check value, edge cases.
 The fused kernels of issue 3 will be tested here against the same reference."""
-import os
-import sys
-
 import pytest
 import torch
 
 import regops
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
-from baselines.conr_official import conr_official  # noqa: E402
+from regops.bench.baselines.conr_official import conr_official
 
 CHECK = 13.150278
 

@@ -90,10 +90,7 @@ def test_matches_cpu_kernel_and_non_contiguous(impl):
 @gpu_test([OP], IMPLS)
 def test_resnet50_sized_list(impl):
     need(OP, impl)
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    from bench_repulsion import resnet50_shapes
+    from regops.bench.cases.repulsion import resnet50_shapes
     params, sets = _lists(torch.float32, k=2, seed=2, shapes=resnet50_shapes())
     loss = regops.param_repulsion(params, regops.RepulsionAnchors(sets), kind="inverse", impl=impl)
     ref, gref = _ref(params, sets, "inverse")

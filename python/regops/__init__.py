@@ -2,7 +2,7 @@
 from importlib.metadata import PackageNotFoundError, version as _version
 
 from . import _loader  # loads the compiled ops (or notes their absence) before the ops register
-from ._loader import empty_cache
+from ._loader import BuildMismatchWarning, empty_cache
 from .ops.conr import conr_loss
 from .ops.supcon import focal_supcon_loss, supcon_loss
 from .ops.hard_pair_mixup import HardPairMixup, hard_pair_mixup
@@ -52,5 +52,5 @@ __all__ = [
     "sample_regularization_time", "gaussian_kl", "reparameterize", "select_present_nodes", "layer_relative_error",
     "context_embedding_reg", "context_attention_reg", "contrast_ratio_loss", "dornet_vgg19_slices", "masked_l1_anchor",
     "hyperactive_neuron_mask", "apply_hyperactive_mask", "calibrate_hyperactive_threshold",
-    "nn", "ot", "lsa", "__version__",
+    "nn", "ot", "lsa", "BuildMismatchWarning", "__version__",
 ]

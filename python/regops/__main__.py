@@ -1,9 +1,7 @@
-"""python -m regops info | bench [--quick] [--op NAME]"""
+"""python -m regops info | bench [--quick] [--op NAME] [--device cpu|cuda] [--csv PATH] [--no-memory] [--list]"""
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
@@ -14,6 +12,17 @@ def info() -> None:
 
     print(f"regops {regops.__version__}")
     print(f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'}; GPU present: {torch.cuda.is_available()})")
+    facts = _loader.BUILD_FACTS
+    if facts:
+        cuda = (f"CUDA kernels for archs {facts.get('cuda_archs')}, nvcc {facts.get('cuda_toolkit')}"
+                if facts.get("with_cuda") else "CPU kernels only")
+        print(f"build facts ({_loader.BUILD_FACTS_PATH}): regops {facts.get('regops_version')} built for torch "
+              f"{facts.get('torch_version')} (CUDA {facts.get('torch_cuda') or 'none'}); {cuda}; Python "
+              f"{facts.get('python')} on {facts.get('platform')}; commit {facts.get('commit') or 'unknown'}")
+    else:
+        print(f"build facts: none ({_loader.BUILD_FACTS_PATH} is absent: no build, or one older than the facts)")
+    if _loader.BUILD_MISMATCH:
+        print(f"build mismatch: {_loader.BUILD_MISMATCH}")
     C = _loader._C
     if C is not None:
         print(f"compiled ops: regops._C, built against torch {C.torch_version}; CUDA kernels: {C.with_cuda}"
@@ -23,6 +32,8 @@ def info() -> None:
         print(f"CPU threads: {C.intra_op_threads()} (torch's intra-op pool; {omp or 'see torch.__config__.parallel_info()'})")
     elif _loader.LIBRARY_PATH:
         print(f"compiled ops: {_loader.LIBRARY_PATH} ({torch.ops.regops._build_info()})")
+    elif _loader.BUILD_MISMATCH:
+        print("compiled ops: not loaded (the build mismatch above); the reference runs everywhere")
     else:
         print(f"compiled ops: none ({_loader.LOAD_ERROR}); the reference runs everywhere")
     if _loader.triton_available():
@@ -46,31 +57,34 @@ def info() -> None:
         print(row)
 
 
-def find_bench_dir() -> Path:
-    for cand in (Path.cwd() / "bench", Path(__file__).resolve().parents[2] / "bench"):
-        if (cand / "harness.py").exists():
-            return cand
-    sys.exit("regops bench: no bench/ folder found; run it from a regops source checkout")
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m regops")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="versions, build facts and the op x impl table")
-    b = sub.add_parser("bench", help="every op against its reference and its peers")
+    b = sub.add_parser("bench", help="every op against its reference, the official code and its peers")
     b.add_argument("--quick", action="store_true", help="fewer sizes and repetitions")
-    b.add_argument("--op", action="append", help="only this op (repeatable)")
-    b.add_argument("--csv", default=None, help="CSV to append rows to (default bench/results/<machine>.csv)")
-    b.add_argument("--no-memory", action="store_true", help="skip the per-case peak-memory subprocesses")
+    b.add_argument("--op", action="append", metavar="NAME",
+                   help="only this op, or every op of this bench module, e.g. orthonormal (repeatable; see --list)")
+    b.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the inputs live: cpu (default) times the CPU kernels; cuda the CUDA and Triton ones")
+    b.add_argument("--csv", default=None, metavar="PATH",
+                   help="CSV to append rows to (default ./bench/results/<cpu|cuda>.csv where that folder exists, "
+                        "as in a regops checkout, else ./regops-bench-<cpu|cuda>.csv)")
+    b.add_argument("--no-memory", action="store_true", help="skip the per-case peak-memory measurement")
+    b.add_argument("--list", action="store_true", help="print the ops and their providers per bench module, then exit")
+    b.add_argument("--memory-case", metavar="ID", help=argparse.SUPPRESS)  # internal: the per-case memory child
     args = parser.parse_args(argv)
     if args.cmd == "info":
         info()
         return
-    bench_dir = find_bench_dir()
-    sys.path.insert(0, str(bench_dir))
-    import harness  # bench/harness.py
+    from .bench import harness
 
-    harness.main(quick=args.quick, ops=args.op, csv_path=args.csv, memory=not args.no_memory)
+    if args.memory_case is not None:
+        raise SystemExit(harness.memory_case_main(args.memory_case, quick=args.quick, device=args.device))
+    if args.list:
+        harness.list_cases(quick=args.quick, device=torch.device(args.device))
+        return
+    harness.main(quick=args.quick, ops=args.op, csv_path=args.csv, memory=not args.no_memory, device=args.device)
 
 
 if __name__ == "__main__":

@@ -349,7 +349,7 @@ def spectral_norm_penalty(module_or_weights, n_power_iterations: int = 1, state:
             acc = g.u.dtype
             if h * w >= _PER_LAYER_NUMEL:
                 # large matrices: one mv per layer already streams W at memory bandwidth; stacking would add a
-                # full copy of the weights (measured slower on the CPU, bench/bench_spectral.py)
+                # full copy of the weights (measured slower on the CPU, regops/bench/cases/spectral.py)
                 ts, vs_new, us_new = [], [], []
                 for k, i in enumerate(g.indices):
                     W = weights[i].detach().reshape(h, w)

@@ -1,16 +1,21 @@
-"""regops benchmark harness: every bench/bench_<op>.py module, providers timed side by side in one process.
+"""regops benchmark harness: every module of regops.bench.cases, providers timed side by side in one process.
 
 A bench module exposes ``cases(quick: bool, device: torch.device) -> list[Case]``. Each case is one
 (op, size, provider): ``setup()`` builds the inputs (untimed), ``fn(state)`` is the timed call. The
 harness times each case (first call reported apart: it holds compilation), takes the median, p20 and
 p80 of the repetitions, then measures peak memory: on CPU in a fresh subprocess per case
-(``python bench/harness.py --memory-case ID``), on CUDA with the allocator's peak counter.
+(``python -m regops bench --memory-case ID``), on CUDA with the allocator's peak counter.
 
-Run it as ``python -m regops bench [--quick] [--op NAME] [--csv PATH] [--no-memory]``.
+Run it as ``python -m regops bench [--quick] [--op NAME] [--device cpu|cuda] [--csv PATH] [--no-memory]
+[--list]``. Rows are appended to --csv, by default ./bench/results/<cpu|cuda>.csv where the current
+directory has a bench/results/ folder (a regops checkout: the CSVs behind the README), else to
+./regops-bench-<cpu|cuda>.csv.
+
+Environment: REGOPS_BENCH_THREADS (CPU threads, default 2), REGOPS_BENCH_PROGRESS (tqdm|plain, see progress),
+REGOPS_BENCH_MAX_REPS (smoke runs only: caps the timed repetitions and skips the warm-up).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import ctypes
 import datetime
@@ -19,6 +24,7 @@ import importlib
 import json
 import math
 import os
+import pkgutil
 import platform
 import resource
 import subprocess
@@ -33,9 +39,14 @@ import torch
 
 import regops
 
-BENCH_DIR = Path(__file__).resolve().parent
+from . import cases as cases_package
+from .progress import Progress
+
 MEMORY_LIMIT_BYTES = 12 * 2**30   # cases predicted to need more are skipped, not run
 CPU_THREADS = int(os.environ.get("REGOPS_BENCH_THREADS", "2"))
+# Smoke runs (the CLI's tests): at most this many timed repetitions and no warm-up. Their figures are not
+# measurements; the CSV's reps column shows it.
+MAX_REPS = int(os.environ.get("REGOPS_BENCH_MAX_REPS", "0")) or None
 MIB = 2**20
 
 
@@ -88,26 +99,47 @@ def percentile(xs, q: float) -> float:
 
 # ---------------------------------------------------------------------------------------------- discovery
 
-def bench_device() -> torch.device:
-    """CUDA when present; REGOPS_BENCH_DEVICE=cpu forces the CPU on a GPU machine."""
-    want = os.environ.get("REGOPS_BENCH_DEVICE")
-    if want:
-        return torch.device(want)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def case_modules() -> list:
+    """The bench modules of regops.bench.cases, by name (imported: their imports are light)."""
+    names = sorted(info.name for info in pkgutil.iter_modules(cases_package.__path__) if not info.ispkg)
+    return [importlib.import_module(f"{cases_package.__name__}.{name}") for name in names]
+
+
+def module_stem(module) -> str:
+    return module.__name__.rsplit(".", 1)[-1]
+
+
+def _selected(case: Case, stem: str, ops) -> bool:
+    # An op name, or a module name (--op orthonormal; bench_orthonormal, its name before the move, too).
+    return not ops or case.op in ops or stem in ops or f"bench_{stem}" in ops
 
 
 def discover(quick: bool, device: torch.device, ops=None) -> list[Case]:
-    """Cases of every bench_*.py, filtered by op name (or by module name: --op orthonormal)."""
-    if str(BENCH_DIR) not in sys.path:
-        sys.path.insert(0, str(BENCH_DIR))
-    cases = []
-    for path in sorted(BENCH_DIR.glob("bench_*.py")):
-        module = importlib.import_module(path.stem)
-        stem = path.stem[len("bench_"):]
+    """Cases of every bench module, filtered by op name (or by module name: --op orthonormal)."""
+    found = []
+    for module in case_modules():
+        stem = module_stem(module)
+        found += [case for case in module.cases(quick, device) if _selected(case, stem, ops)]
+    return found
+
+
+def list_cases(quick: bool, device: torch.device) -> None:
+    """The ops and their providers, per bench module, without timing anything."""
+    print(f"regops bench cases ({device}, {'quick' if quick else 'full'}); --op takes an op or a module name")
+    for module in case_modules():
+        print(f"{module_stem(module)}:")
+        by_op = {}  # op -> {provider: why it cannot run here, or None}; insertion order is the run order
+        sizes = {}
         for case in module.cases(quick, device):
-            if not ops or case.op in ops or stem in ops:
-                cases.append(case)
-    return cases
+            providers = by_op.setdefault(case.op, {})
+            why = _skip_reason(case)
+            if case.provider not in providers or providers[case.provider] is not None:
+                providers[case.provider] = why
+            sizes.setdefault(case.op, set()).add(case.size)
+        for op, providers in by_op.items():
+            names = [p if why is None else f"{p} (unavailable)" for p, why in providers.items()]
+            n = len(sizes[op])
+            print(f"  {op} ({n} size{'s' if n != 1 else ''}): {', '.join(names)}")
 
 
 def configure(device: torch.device) -> None:
@@ -161,6 +193,8 @@ def time_group(cases: list[Case], device: torch.device, quick: bool) -> list[Res
     compilation) and a short warm-up, then the repetitions go round-robin over the providers, so a burst
     of load on a shared machine lands on all of them rather than on whichever ran at that moment."""
     min_reps, max_reps, budget_ms, warm_ms = (5, 20, 400, 100) if quick else (10, 200, 3000, 500)
+    if MAX_REPS:
+        min_reps, max_reps, warm_ms = min(min_reps, MAX_REPS), min(max_reps, MAX_REPS), 0
     time_ms = _timer(device)
     load = load_average()
     results = [Result(c, load=load) for c in cases]
@@ -178,7 +212,8 @@ def time_group(cases: list[Case], device: torch.device, quick: bool) -> list[Res
                 warm.append(_one_rep(r.case, state, time_ms))
                 spent += warm[-1]
             floor = min_reps if r.case.min_reps is None else min(min_reps, r.case.min_reps)
-            live.append([r, state, max(floor, min(max_reps, int(budget_ms / max(min(warm), 1e-3))))])
+            estimate_ms = min(warm) if warm else r.first_ms  # no warm-up only in smoke runs (MAX_REPS)
+            live.append([r, state, max(floor, min(max_reps, int(budget_ms / max(estimate_ms, 1e-3))))])
         except Exception as exc:  # one failing provider must not end the run
             r.status = _error(exc)
     gc.collect()
@@ -279,10 +314,11 @@ def measure_memory_here(case: Case, device: torch.device) -> int:
 
 def memory_subprocess(case: Case, quick: bool, timeout_s: float = 300) -> tuple[float, str]:
     """Runs one case's memory measurement in a fresh interpreter: (peak MiB, error text or "")."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-case", case.id] + (["--quick"] if quick else [])
-    env = dict(os.environ, REGOPS_BENCH_DEVICE="cpu")
+    # Through the package's CLI: the child imports regops the way this process did (installed or PYTHONPATH).
+    cmd = [sys.executable, "-m", "regops", "bench", "--device", "cpu", "--memory-case", case.id] \
+        + (["--quick"] if quick else [])
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env, cwd=BENCH_DIR.parent)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return math.nan, f"memory subprocess timed out after {timeout_s:.0f} s"
     lines = out.stdout.strip().splitlines()
@@ -292,9 +328,16 @@ def memory_subprocess(case: Case, quick: bool, timeout_s: float = 300) -> tuple[
     return json.loads(lines[-1])["peak_bytes"] / MIB, ""
 
 
+def _memory_line(progress: Progress, r: Result) -> str:
+    c = r.case
+    return f"  peak memory [{progress.done + 1}/{progress.total}] {c.op} {c.size} {c.provider}: " \
+        f"{_fmt(r.peak_mib, 1)} MiB"
+
+
 def measure_memory(results: list[Result], device: torch.device, quick: bool) -> None:
     todo = [r for r in results if r.status == "ok" and r.case.memory]
     if device.type == "cuda":
+        progress = Progress(len(todo), label="peak memory")
         for r in todo:
             try:
                 r.peak_mib = measure_memory_here(r.case, device) / MIB
@@ -302,6 +345,9 @@ def measure_memory(results: list[Result], device: torch.device, quick: bool) -> 
                 r.case.note = (r.case.note + f"; memory: {type(exc).__name__}").lstrip("; ")
             gc.collect()
             torch.cuda.empty_cache()
+            progress.line(_memory_line(progress, r))
+            progress.update()
+        progress.close()
         return
     # In parallel only where the CPUs allow it without oversubscription (threads that lose their core turn
     # a call many times slower) and where the memory allows it.
@@ -309,11 +355,15 @@ def measure_memory(results: list[Result], device: torch.device, quick: bool) -> 
     if any(r.case.predicted_bytes * workers > _proc_meminfo_bytes("MemAvailable") / 2 for r in todo):
         workers = 1
     print(f"peak memory: {len(todo)} subprocesses, {workers} at a time ...", flush=True)
+    progress = Progress(len(todo), label="peak memory")
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for r, (peak, err) in zip(todo, pool.map(lambda r: memory_subprocess(r.case, quick), todo)):
             r.peak_mib = peak
             if err:
                 r.case.note = (r.case.note + "; " + err).lstrip("; ")
+            progress.line(_memory_line(progress, r) + (f" ({err})" if err else ""))
+            progress.update()
+    progress.close()
 
 
 def _memory_available(device: torch.device) -> float:
@@ -450,25 +500,51 @@ def write_csv(results: list[Result], path: Path, device: torch.device, quick: bo
 
 # ---------------------------------------------------------------------------------------------- entry points
 
-def main(quick: bool = False, ops=None, csv_path: Optional[str] = None, memory: bool = True) -> list[Result]:
-    device = bench_device()
+def resolve_device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("regops bench: --device cuda, but torch sees no CUDA device here")
+    if device.type not in ("cpu", "cuda"):
+        sys.exit(f"regops bench: --device {name}: the bench runs on cpu or cuda")
+    return device
+
+
+def default_csv_path(device: torch.device, cwd: Optional[Path] = None) -> Path:
+    """./bench/results/<cpu|cuda>.csv in a regops checkout (the CSVs behind the README), else a file here."""
+    cwd = Path.cwd() if cwd is None else cwd
+    kind = "cuda" if device.type == "cuda" else "cpu"
+    results_dir = cwd / "bench" / "results"
+    return results_dir / f"{kind}.csv" if results_dir.is_dir() else cwd / f"regops-bench-{kind}.csv"
+
+
+def _case_line(r: Result, done: int, total: int) -> str:
+    summary = f"{_fmt(r.median)} ms ({len(r.times_ms)} reps, 1st call {_fmt(r.first_ms, 1)} ms)" \
+        if r.status == "ok" else r.status
+    return f"  [{done}/{total}] {r.case.op} {r.case.size} {r.case.provider}: {summary}"
+
+
+def main(quick: bool = False, ops=None, csv_path: Optional[str] = None, memory: bool = True,
+         device: str = "cpu") -> list[Result]:
+    device = resolve_device(device)
     configure(device)
     cases = discover(quick, device, ops)
     if not cases:
-        known = sorted({c.op for c in discover(quick, device)})
-        sys.exit(f"regops bench: no cases for --op {ops}; known ops: {', '.join(known)}")
+        known = sorted({c.op for c in discover(quick, device)} | {module_stem(m) for m in case_modules()})
+        sys.exit(f"regops bench: no cases for --op {ops}; known ops and modules: {', '.join(known)}")
     print(f"regops bench on {machine_description(device)} ({device}, {torch.get_num_threads()} threads), "
           f"torch {torch.__version__}, {'quick' if quick else 'full'}: {len(cases)} cases", flush=True)
     _warn_if_shared(device, own_load=1.0)  # the 1-minute average still holds this process's start-up
     results = []
     t0 = time.perf_counter()
     mem_budget = min(MEMORY_LIMIT_BYTES, _memory_available(device) / 2)
+    progress = Progress(len(cases), label="timing")
     for group in groups(cases, mem_budget):
+        # A group's providers are timed together (round-robin), so its cases finish together.
         for r in time_group(group, device, quick):
             results.append(r)
-            summary = f"{_fmt(r.median)} ms ({len(r.times_ms)} reps, 1st call {_fmt(r.first_ms, 1)} ms)" \
-                if r.status == "ok" else r.status
-            print(f"  [{len(results)}/{len(cases)}] {r.case.op} {r.case.size} {r.case.provider}: {summary}", flush=True)
+            progress.line(_case_line(r, len(results), len(cases)))
+        progress.update(len(group))
+    progress.close()
     t_timing = time.perf_counter() - t0
     if memory:
         measure_memory(results, device, quick)
@@ -476,34 +552,19 @@ def main(quick: bool = False, ops=None, csv_path: Optional[str] = None, memory: 
     print(f"\ndone in {time.perf_counter() - t0:.0f} s (timing {t_timing:.0f} s)\n")
     _warn_if_shared(device, own_load=torch.get_num_threads())
     print_table(results)
-    default = BENCH_DIR / "results" / f"{'cuda' if device.type == 'cuda' else 'cpu'}.csv"
-    written = write_csv(results, Path(csv_path) if csv_path else default, device, quick)
+    written = write_csv(results, Path(csv_path) if csv_path else default_csv_path(device), device, quick)
     print(f"\nappended {len(results)} rows to {written}")
     return results
 
 
-def _cli(argv) -> int:
-    p = argparse.ArgumentParser(description="regops bench harness (normally run as `python -m regops bench`)")
-    p.add_argument("--memory-case", metavar="ID", help="internal: measure one case's peak memory, print JSON")
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--op", action="append")
-    p.add_argument("--csv")
-    p.add_argument("--no-memory", action="store_true")
-    args = p.parse_args(argv)
-    if args.memory_case is None:
-        main(quick=args.quick, ops=args.op, csv_path=args.csv, memory=not args.no_memory)
-        return 0
-    device = bench_device()
+def memory_case_main(case_id: str, quick: bool, device: str = "cpu") -> int:
+    """The child side of memory_subprocess: one case's peak bytes, as a JSON line on stdout."""
+    device = resolve_device(device)
     configure(device)
-    op = args.memory_case.split("|", 1)[0]
-    case = next((c for c in discover(args.quick, device, [op]) if c.id == args.memory_case), None)
+    op = case_id.split("|", 1)[0]
+    case = next((c for c in discover(quick, device, [op]) if c.id == case_id), None)
     if case is None:
-        print(f"no case {args.memory_case!r}", file=sys.stderr)
+        print(f"no case {case_id!r}", file=sys.stderr)
         return 2
     print(json.dumps({"id": case.id, "peak_bytes": measure_memory_here(case, device)}))
     return 0
-
-
-if __name__ == "__main__":
-    # Re-enter through the importable module, so bench modules' `from harness import Case` is this same code.
-    sys.exit(importlib.import_module("harness")._cli(sys.argv[1:]))

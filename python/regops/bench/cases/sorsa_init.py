@@ -1,7 +1,7 @@
 """SORSALinear.from_linear initialisation: the exact thin SVD against the randomized svd_lowrank.
 
 The issue's goal: on a 4096² weight with r ≤ 128, svd_lowrank is at least 20x faster than the full SVD.
-Its error against the exact top-r is printed by `python bench/bench_sorsa_init.py` (not a timing row).
+Its error against the exact top-r is printed by `python -m regops.bench.cases.sorsa_init` (not a timing row).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 
 from regops.nn.sorsa import top_singular_triplets
 
-from harness import Case
+from ..harness import Case
 
 SIZES = ((4096, 128), (4096, 16))
 QUICK_SIZES = ((1024, 128),)

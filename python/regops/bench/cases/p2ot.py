@@ -1,7 +1,7 @@
 """P²OT pseudo-labels on a memory-bank-sized problem (the official bank: 5120 or 10240 rows), float32 logits of a
 cosine classifier (10·cos), ρ = 0.3, ε = 0.1, γ = 1, tol = 1e-6, a fresh state:
 
-p2ot_plan            a whole solve: `official` (bench/baselines/p2ot_official.py: float64 kernel-domain scaling,
+p2ot_plan            a whole solve: `official` (regops/bench/baselines/p2ot_official.py: float64 kernel-domain scaling,
                      its b test every iteration) against regops' impls, to the same tolerance
 p2ot_plan/iter       per iteration: the stabilized kernels' loop body (one fused pass over K, the column
                      update) against `2-reads-bound`, torch's time to read the N×(K+1) float32 kernel twice
@@ -15,8 +15,8 @@ import regops
 from regops import _registry
 from regops.ot import p2ot as P
 
-from baselines.p2ot_official import p2ot_official
-from harness import Case
+from ..baselines.p2ot_official import p2ot_official
+from ..harness import Case
 
 SIZES = [(5120, 100), (5120, 1000), (10240, 1000)]
 QUICK = [(5120, 100)]

@@ -10,7 +10,7 @@ import regops
 from regops import _registry
 from regops.ops import graddrop as GD
 
-from harness import Case
+from ..harness import Case
 
 N_TENSORS, SHAPE = 160, (768, 208)
 QUICK_N = 40

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import regops
 from regops import _registry
 
-from harness import Case
+from ..harness import Case
 
 H, V = 2048, 32000
 SFT = 1.0

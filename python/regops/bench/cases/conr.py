@@ -1,4 +1,4 @@
-"""ConR, forward + backward: the official formulation (bench/baselines/conr_official.py), the max-shifted
+"""ConR, forward + backward: the official formulation (regops/bench/baselines/conr_official.py), the max-shifted
 reference and its torch.compile'd form, the fused kernels, and `gemm-exp-bound`: the time torch needs for
 the same-shaped GEMMs (S = Z Zᵀ and E·Z) plus one exp over N² elements, the work of any materializing impl.
 The fused kernel does S's lower half in the forward, recomputes it in the backward and does E·Z: about
@@ -10,8 +10,8 @@ import torch
 import regops
 from regops import _registry
 
-from baselines.conr_official import conr_official
-from harness import Case
+from ..baselines.conr_official import conr_official
+from ..harness import Case
 
 SIZES = [(n, d) for n in (256, 1024, 4096, 8192, 32768) for d in (128, 512, 2048)]
 QUICK_SIZES = [(256, 512), (1024, 512)]

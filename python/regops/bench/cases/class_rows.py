@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import regops
 from regops import _registry
 
-from harness import Case
+from ..harness import Case
 
 B = 256
 LAM, ETA = 0.3, 0.1

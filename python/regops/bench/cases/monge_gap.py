@@ -11,7 +11,7 @@ import regops
 from regops import _registry
 from regops.ot import _backend
 
-from harness import Case
+from ..harness import Case
 
 SIZES = [256, 1024, 4096]
 QUICK = [256, 1024]

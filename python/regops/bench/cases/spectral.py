@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import regops
 from regops import _registry
 
-from harness import Case
+from ..harness import Case
 
 SIZES = ((50, 512, 512), (200, 64, 64), (50, 1024, 1024))
 QUICK_SIZES = ((50, 512, 512), (200, 64, 64))

@@ -1,11 +1,12 @@
 """SORSA's orthonormality penalty, forward + backward: regops impls against the official per-matrix loop.
 
-Two groups per size (L matrices of r x n):
+Three groups per size (L matrices of r x n):
 - orthonormal_penalty(side="rows", reduction="sum") then .backward(), against `official` (the per-layer
-  loop of bench/baselines/sorsa_official.py) and `gemm-bound`, the time torch needs for the two GEMMs
+  loop of regops/bench/baselines/sorsa_official.py) and `gemm-bound`, the time torch needs for the two GEMMs
   any implementation has to do: X Xᵀ (half of it, as it is symmetric) and R X with R = X Xᵀ − I.
-- sorsa_regularize_ on L/2 (A, B) pairs (the same L matrices), against the autograd way of adding
-  ∇((γ/lr)·sorsa_ortho_loss) into .grad.
+- sorsa_ortho_loss on L/2 (A, B) pairs (the same L matrices) then .backward(), against `official`, SORSA's
+  calc_ortho loop (one identity, GEMM and norm per matrix).
+- sorsa_regularize_ on the same pairs, against the autograd way of adding ∇((γ/lr)·sorsa_ortho_loss) into .grad.
 """
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import torch
 import regops
 from regops import _registry
 
-from baselines import sorsa_official
-from harness import Case
+from ..baselines import sorsa_official
+from ..harness import Case
 
 SIZES = ((2000, 8, 64), (448, 16, 4096), (224, 128, 4096))   # (L, r, n)
 # Quick keeps every matrix shape but gives the heavy one a quarter of the layers: the per-layer cost is what
@@ -92,18 +93,48 @@ def penalty_cases(L, r, n, device) -> list[Case]:
     return cases
 
 
-def regularize_cases(L, r, n, device) -> list[Case]:
-    op, size, nbytes = "sorsa_regularize_", f"{L}x{r}x{n}", L * r * n * F32
-    pairs_n = L // 2
-
-    def pairs():
-        # A: (r, n) with orthonormal rows, B: (n, r) with orthonormal columns; .grad already holds the
-        # task gradient, as when the trainer adds the regularizer after the main backward.
-        As = _leaves(_near_orthonormal((pairs_n, r, n), n, device, seed=1))
-        Bs = _leaves(_near_orthonormal((pairs_n, n, r), n, device, seed=2))
+def _factor_pairs(L, r, n, device, task_grad: bool) -> list:
+    """L/2 (A, B) pairs: A (r, n) with near-orthonormal rows, B (n, r) with near-orthonormal columns. With
+    task_grad, .grad already holds a task gradient, as when a trainer adds the regularizer after backward."""
+    As = _leaves(_near_orthonormal((L // 2, r, n), n, device, seed=1))
+    Bs = _leaves(_near_orthonormal((L // 2, n, r), n, device, seed=2))
+    if task_grad:
         for t in As + Bs:
             t.grad = torch.zeros_like(t)
-        return list(zip(As, Bs))
+    return list(zip(As, Bs))
+
+
+def _clear_grads(ps) -> None:
+    for a, b in ps:
+        a.grad = b.grad = None  # every call allocates its gradients, as after zero_grad(set_to_none=True)
+
+
+def ortho_loss_cases(L, r, n, device) -> list[Case]:
+    op, size, nbytes = "sorsa_ortho_loss", f"{L}x{r}x{n}", L * r * n * F32
+
+    def official(ps):
+        _clear_grads(ps)
+        sorsa_official.calc_ortho(ps).backward()
+
+    def loss(impl):
+        def fn(ps):
+            _clear_grads(ps)
+            As, Bs = zip(*ps)
+            regops.sorsa_ortho_loss(list(As), list(Bs), impl=impl).backward()
+        return fn
+
+    pairs = lambda: _factor_pairs(L, r, n, device, task_grad=False)  # noqa: E731
+    cases = [Case(op, size, "official", pairs, official, predicted_bytes=4 * nbytes),
+             Case(op, size, "reference", pairs, loss("reference"), predicted_bytes=4 * nbytes)]
+    for impl in (["cpu"] if device.type == "cpu" else ["cuda", "triton"]):
+        cases.append(Case(op, size, impl, pairs, loss(impl), predicted_bytes=3 * nbytes,
+                          skip=_unavailable(op, impl, device)))
+    return cases
+
+
+def regularize_cases(L, r, n, device) -> list[Case]:
+    op, size, nbytes = "sorsa_regularize_", f"{L}x{r}x{n}", L * r * n * F32
+    pairs = lambda: _factor_pairs(L, r, n, device, task_grad=True)  # noqa: E731
 
     def autograd_reference(ps):
         As, Bs = zip(*ps)
@@ -126,6 +157,8 @@ def cases(quick: bool, device: torch.device) -> list[Case]:
     out = []
     for L, r, n in sizes:
         out += penalty_cases(L, r, n, device)
+    for L, r, n in sizes:
+        out += ortho_loss_cases(L, r, n, device)
     for L, r, n in sizes:
         out += regularize_cases(L, r, n, device)
     return out

@@ -36,7 +36,7 @@ from regops.ot import _backend
 from regops.ot import _epsilon, _solver
 from regops.reference import sinkhorn as reference
 
-from harness import Case
+from ..harness import Case
 
 F32 = 4
 ITER_SIZES = [(1000, 3), (1000, 64), (10000, 2), (10000, 3), (10000, 64), (50000, 3), (50000, 64), (100000, 3)]

@@ -11,7 +11,7 @@ import torch
 import regops
 from regops import _registry
 
-from harness import Case
+from ..harness import Case
 
 K = 2
 

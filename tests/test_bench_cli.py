@@ -1,0 +1,100 @@
+"""`python -m regops bench` as a user outside the repository runs it: --list, a quick run from another
+directory (the bench ships in the package, regops.bench), the progress lines, the default CSV path."""
+import csv
+import io
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import regops
+from regops import _registry
+from regops.bench import harness
+from regops.bench.progress import Progress, format_seconds
+
+# "<done>/<total> cases [<elapsed> elapsed, ETA <left>]": the plain line and the tqdm bar's format alike
+PROGRESS_LINE = re.compile(r"\d+/\d+ cases \[\d+:\d\d(:\d\d)? elapsed, ETA (\d+:\d\d(:\d\d)?|\?)\]")
+
+
+def run_cli(args, cwd, **env):
+    """The CLI in a fresh interpreter that imports this same regops, whatever the working directory."""
+    package_parent = str(Path(regops.__file__).resolve().parents[1])
+    full_env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [package_parent] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]), **env)
+    return subprocess.run([sys.executable, "-m", "regops", "bench", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.smoke
+def test_list_names_every_case_module_and_op(tmp_path):
+    out = run_cli(["--list"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    modules = harness.case_modules()
+    assert len(modules) >= 10  # the package data travelled: every bench module, not an empty cases/
+    for module in modules:
+        assert f"\n{harness.module_stem(module)}:\n" in out.stdout
+        for case in module.cases(False, torch.device("cpu")):
+            assert f"  {case.op} (" in out.stdout, case.op
+            assert case.provider in out.stdout
+    assert "  sorsa_ortho_loss (3 sizes): official, reference, cpu" in out.stdout
+
+
+@pytest.mark.smoke
+def test_quick_run_outside_the_repository_writes_its_csv(tmp_path):
+    csv_path = tmp_path / "rows.csv"
+    # One repetition per provider and the plain progress lines (a pipe, but REGOPS_BENCH_PROGRESS pins it).
+    out = run_cli(["--quick", "--op", "sorsa_ortho_loss", "--no-memory", "--csv", str(csv_path)], cwd=tmp_path,
+                  REGOPS_BENCH_MAX_REPS="1", REGOPS_BENCH_PROGRESS="plain")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 9 and {r["op"] for r in rows} == {"sorsa_ortho_loss"}
+    assert {r["provider"] for r in rows} == {"official", "reference", "cpu"}
+    cpu_kernel = _registry.available("sorsa_ortho_loss", "cpu", torch.device("cpu"))[0]
+    for r in rows:  # the cpu rows are skipped, not failed, where no compiled kernels load
+        if r["provider"] != "cpu" or cpu_kernel:
+            assert (r["status"], r["reps"]) == ("ok", "1"), r
+        else:
+            assert r["status"].startswith("skipped"), r
+    case_lines = [line for line in out.stdout.splitlines() if re.match(r"\s+\[\d+/9\] sorsa_ortho_loss ", line)]
+    assert len(case_lines) == 9  # one line per case as it finishes
+    assert PROGRESS_LINE.search(out.stdout), out.stdout[-2000:]
+    assert "timing: 9/9 cases" in out.stdout
+    assert not (tmp_path / "bench").exists()
+
+
+def test_default_csv_path_follows_the_working_directory(tmp_path):
+    cpu = torch.device("cpu")
+    assert harness.default_csv_path(cpu, tmp_path) == tmp_path / "regops-bench-cpu.csv"
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    assert harness.default_csv_path(cpu, tmp_path) == tmp_path / "bench" / "results" / "cpu.csv"
+
+
+def test_unknown_op_names_the_known_ones(tmp_path):
+    out = run_cli(["--op", "no_such_op", "--no-memory"], cwd=tmp_path)
+    assert out.returncode != 0
+    assert "known ops and modules" in out.stderr and "sorsa_ortho_loss" in out.stderr
+
+
+def test_plain_progress_counts_and_estimates(capsys):
+    progress = Progress(4, label="timing", use_tqdm=False)
+    progress.update(1)
+    progress.update(3)
+    progress.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(PROGRESS_LINE.search(line) for line in lines)
+    assert "timing: 4/4 cases" in lines[-1] and lines[-1].endswith("ETA 00:00]")
+    assert format_seconds(3725) == "1:02:05" and format_seconds(float("nan")) == "?"
+
+
+def test_tqdm_progress_has_the_same_figures():
+    pytest.importorskip("tqdm")
+    stream = io.StringIO()
+    progress = Progress(4, label="timing", stream=stream, use_tqdm=True)
+    progress.update(2)
+    progress.close()
+    assert PROGRESS_LINE.search(stream.getvalue()), stream.getvalue()
