@@ -109,3 +109,21 @@ def pytest_sessionfinish(session, exitstatus):
     lines += [f"{op} {impl}" for (op, impl), ok in sorted(_gpu_results.items()) if ok]
     with open(out, "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def run_simd_and_portable(code: str):
+    """Runs `code` (a script that saves its results with torch.save to sys.argv[1]) in two subprocesses: with the
+    AVX2 loops the CPU kernels pick at run time, and with REGOPS_CPU_NO_SIMD=1 (the portable loops). Returns the two
+    loaded results, (simd, portable)."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    base = {k: v for k, v in os.environ.items() if k != "REGOPS_CPU_NO_SIMD"}
+    with tempfile.TemporaryDirectory() as d:
+        paths = [os.path.join(d, "simd.pt"), os.path.join(d, "portable.pt")]
+        for path, env in zip(paths, (base, dict(base, REGOPS_CPU_NO_SIMD="1"))):
+            res = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, env=env,
+                                 timeout=300)
+            assert res.returncode == 0, res.stderr
+        return tuple(torch.load(p) for p in paths)

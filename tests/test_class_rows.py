@@ -11,7 +11,7 @@ import regops
 from regops.ops import decoupled_mixup as DM
 from regops.reference import class_rows as reference
 
-from conftest import cpu_impls, free_port
+from conftest import cpu_impls, free_port, run_simd_and_portable
 from tolerances import assert_close, assert_lowp_rule
 
 IMPLS = cpu_impls("decoupled_mixup_loss")
@@ -123,9 +123,6 @@ def test_elr_rows_match_reference(impl, dtype, shape):
 def test_elr_rows_portable_path_matches_avx2():
     """The float ELR rows have an AVX2 path picked at run time; REGOPS_CPU_NO_SIMD=1 (a subprocess) runs the
     portable loop instead. Both against the float64 reference, and against each other."""
-    import os
-    import subprocess
-    import sys
     import textwrap
     code = textwrap.dedent("""
         import sys, torch, regops
@@ -148,16 +145,8 @@ def test_elr_rows_portable_path_matches_avx2():
             out += [loss, grad.flatten(), rows.flatten()]
         torch.save(torch.cat(out), sys.argv[1])
     """)
-    import tempfile
-    with tempfile.TemporaryDirectory() as d:
-        paths = [os.path.join(d, "simd.pt"), os.path.join(d, "portable.pt")]
-        simd_env = {k: v for k, v in os.environ.items() if k != "REGOPS_CPU_NO_SIMD"}
-        for path, env in zip(paths, (simd_env, dict(simd_env, REGOPS_CPU_NO_SIMD="1"))):
-            res = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, env=env,
-                                 timeout=300)
-            assert res.returncode == 0, res.stderr
-        simd, portable = (torch.load(p) for p in paths)
-        torch.testing.assert_close(simd, portable, rtol=1e-5, atol=1e-6)
+    simd, portable = run_simd_and_portable(code)
+    torch.testing.assert_close(simd, portable, rtol=1e-5, atol=1e-6)
 
 
 def _elr_lowp(z, y, t):

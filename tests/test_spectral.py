@@ -11,7 +11,7 @@ from hypothesis import given, strategies as st
 import regops
 from regops import SpectralNormState, adversarial_state_noise, spectral_norm_penalty
 
-from conftest import cpu_impls
+from conftest import cpu_impls, run_simd_and_portable
 from tolerances import assert_close
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
@@ -338,10 +338,6 @@ def test_cpu_kernel_is_bitwise_independent_of_threads():
 @pytest.mark.skipif("cpu" not in KERNELS, reason="no compiled CPU kernels")
 def test_cpu_portable_path_matches_avx2():
     """The AVX2 loops are picked at run time; REGOPS_CPU_NO_SIMD=1 (a subprocess) runs the portable ones."""
-    import os
-    import subprocess
-    import sys
-    import tempfile
     import textwrap
     code = textwrap.dedent("""
         import sys, torch, regops
@@ -357,18 +353,11 @@ def test_cpu_portable_path_matches_avx2():
             out[str(dtype)] = [sig, u, v] + list(grads)
         torch.save(out, sys.argv[1])
     """)
-    with tempfile.TemporaryDirectory() as d:
-        paths = [os.path.join(d, "simd.pt"), os.path.join(d, "portable.pt")]
-        base = {k: v for k, v in os.environ.items() if k != "REGOPS_CPU_NO_SIMD"}
-        for path, env in zip(paths, (base, dict(base, REGOPS_CPU_NO_SIMD="1"))):
-            res = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, env=env,
-                                 timeout=300)
-            assert res.returncode == 0, res.stderr
-        simd, portable = (torch.load(p) for p in paths)
-        for key in simd:  # FMA or not: float32 rounding apart, which a bf16 gradient may show as one ulp
-            tol = {"torch.float64": 1e-12, "torch.float32": 2e-5, "torch.bfloat16": 8e-3}[key]
-            for a, b in zip(simd[key], portable[key]):
-                torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    simd, portable = run_simd_and_portable(code)
+    for key in simd:  # FMA or not: float32 rounding apart, which a bf16 gradient may show as one ulp
+        tol = {"torch.float64": 1e-12, "torch.float32": 2e-5, "torch.bfloat16": 8e-3}[key]
+        for a, b in zip(simd[key], portable[key]):
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
 @needs_kernel

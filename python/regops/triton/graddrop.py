@@ -49,6 +49,7 @@ import triton
 import triton.language as tl
 
 from . import _host
+from ._jit import _cast_rn
 from ..contracts import graddrop as contract
 
 MODE_APPLY, MODE_KEEP_PROB, MODE_PHILOX = 0, 1, 2
@@ -182,14 +183,7 @@ def graddrop_kernel(
             nbad = tl.sum((bad & mask).to(tl.int32), axis=0)
             if nbad > 0:
                 tl.atomic_add(cnt_ptr + tg, nbad.to(tl.int64))
-        if DTYPE == tl.bfloat16:
-            # float32 -> bfloat16 rounded to nearest even (NaN -> 0x7FC0, as torch)
-            bits = res.to(tl.uint32, bitcast=True)
-            rb = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-            rb = tl.where(res != res, 0x7FC0, rb)
-            resv = rb.to(tl.uint16).to(tl.bfloat16, bitcast=True)
-        else:
-            resv = res.to(DTYPE)
+        resv = _cast_rn(res, DTYPE)
         if full:
             tl.store(o_p + offs, resv)
         else:

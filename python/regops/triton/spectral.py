@@ -44,6 +44,7 @@ import triton
 import triton.language as tl
 
 from . import _host
+from ._jit import _cast_rn
 from .._constants import acc_dtype
 from ..contracts import spectral as contract
 
@@ -181,13 +182,7 @@ def spectral_outer_kernel(tab_ptr, gs_ptr, L, map_off,
         res = gu[:, None] * tl.load(v_p + cols, mask=cmask, other=0.0)[None, :]
         offs = rows[:, None] * w + cols[None, :]
         mask = rmask[:, None] & cmask[None, :]
-        if DTYPE == tl.bfloat16:
-            bits = res.to(tl.uint32, bitcast=True)
-            rb = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-            rb = tl.where(res != res, 0x7FC0, rb)
-            tl.store(g_p + offs, rb.to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
-        else:
-            tl.store(g_p + offs, res.to(DTYPE), mask=mask)
+        tl.store(g_p + offs, _cast_rn(res, DTYPE), mask=mask)
 
 
 _TT_NAME = {tl.float32: "fp32", tl.float64: "fp64", tl.bfloat16: "bf16", tl.float16: "fp16"}
