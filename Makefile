@@ -1,23 +1,28 @@
 # make test   : sets up .venv (torch 2.14.1, the CUDA build, so the CUDA code compiles and links), builds, runs pytest
 # make bench  : the same setup, then `python -m regops bench --quick`
-# make test-cpu   : CPU-only build (REGOPS_NO_CUDA=1) against torch 2.13.0 in .venv-cpu, smoke tests
+# make test-cpu   : the CPU-only wheel (REGOPS_NO_CUDA=1) against torch 2.13.0, verified in a fresh venv (smoke tests)
 # make test-cmake : the CMake build of the same csrc/ against .venv-cpu's libtorch, smoke tests on it
+# make wheels     : the CUDA wheel (from make build's objects: a relink) and the CPU wheel, into dist/
+# make verify-wheel-cuda : the CUDA wheel, verified in a fresh venv (install, info, quick bench, smoke tests)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 VENV_CPU := .venv-cpu
 TEST_DEPS := pytest pytest-timeout hypothesis numpy
+# The bench's own tools (progress bar, pytest-benchmark collection of bench/); matplotlib is in PEER_DEPS
+BENCH_DEPS := tqdm pytest-benchmark
 # Peers: POT and OTT-JAX are checked against in the tests; all three are benchmarked. matplotlib: examples/
 PEER_DEPS := pot ott-jax geomloss matplotlib
 PYTEST_FLAGS ?= -q -ra --durations=20 --timeout=900
 export MAX_JOBS ?= 2
 
-.PHONY: test bench build test-cpu test-cmake gpu-check clean
+DIST := dist
+.PHONY: test bench build test-cpu test-cmake wheels verify-wheel-cuda verify-wheels gpu-check clean
 
 $(VENV)/.deps:
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip setuptools wheel
-	$(VENV)/bin/pip install -q torch==2.14.1 $(TEST_DEPS) $(PEER_DEPS)
+	$(VENV)/bin/pip install -q torch==2.14.1 $(TEST_DEPS) $(BENCH_DEPS) $(PEER_DEPS)
 	# Liger-Kernel's chunked losses are a bench peer (pure PyTorch); --no-deps keeps torch's own triton
 	$(VENV)/bin/pip install -q --no-deps liger-kernel==0.8.5 || echo "liger-kernel not installed: its bench rows are skipped"
 	touch $@
@@ -38,11 +43,18 @@ $(VENV_CPU)/.deps:
 	$(VENV_CPU)/bin/pip install -q torch==2.13.0 $(TEST_DEPS)
 	touch $@
 
-# Non-editable, in its own build folder, so it never clobbers the main build's in-place _C.
+# The CPU wheel, built in build-cpu/ (never the main build's in-place _C), then verified as a user gets it.
 test-cpu: $(VENV_CPU)/.deps
-	REGOPS_NO_CUDA=1 REGOPS_BUILD_DIR=build-cpu $(VENV_CPU)/bin/pip install -q --no-build-isolation .
-	cd tests && ../$(VENV_CPU)/bin/python -m regops info
-	$(VENV_CPU)/bin/python -m pytest $(PYTEST_FLAGS) -m smoke tests
+	$(VENV_CPU)/bin/python scripts/build_wheels.py --cpu --out $(DIST) --verify
+
+verify-wheel-cuda: build
+	$(VENV)/bin/python scripts/build_wheels.py --cuda --out $(DIST) --verify
+
+wheels: build $(VENV_CPU)/.deps
+	$(VENV)/bin/python scripts/build_wheels.py --cuda --out $(DIST)
+	$(VENV_CPU)/bin/python scripts/build_wheels.py --cpu --out $(DIST)
+
+verify-wheels: test-cpu verify-wheel-cuda
 
 test-cmake: $(VENV_CPU)/.deps
 	cmake -S . -B build-cmake -G Ninja -DCMAKE_BUILD_TYPE=Release \
@@ -55,4 +67,4 @@ gpu-check:
 	bash scripts/gpu_check.sh
 
 clean:
-	rm -rf build build-cpu build-cmake python/regops/_C*.so python/regops/_build_facts.json *.egg-info python/*.egg-info
+	rm -rf build build-cpu build-cmake $(DIST) python/regops/_C*.so python/regops/_build_facts.json *.egg-info python/*.egg-info

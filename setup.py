@@ -3,9 +3,18 @@
 Environment:
   REGOPS_NO_CUDA=1      CPU-only build, even where a toolkit exists.
   REGOPS_FORCE_CUDA=1   build CUDA even if detection fails (the toolkit must still exist).
-  TORCH_CUDA_ARCH_LIST  CUDA archs (default 8.0;9.0). MAX_JOBS: parallel compile jobs.
-  REGOPS_BUILD_DIR      build folder (default build/), so two venvs can build side by side.
+  TORCH_CUDA_ARCH_LIST  CUDA archs. Default: those of torch's own wheels for this CUDA version (WHEEL_CUDA_ARCHS),
+                        less what this nvcc cannot build; set it (e.g. 9.0) for a quick build for one GPU.
+  MAX_JOBS              parallel compile jobs (torch's ninja build). NVCC_THREADS: nvcc's --threads (archs of
+                        one .cu file compiled in parallel).
+  REGOPS_BUILD_DIR      build folder (default build/), so two venvs can build side by side. The object files
+                        stay there (build_temp), so a wheel built after an editable install only relinks.
 Never decided by torch.cuda.is_available(): GPU-less build hosts still build CUDA.
+
+The version carries a local label that says what the build is for, as PyTorch's own indexes do:
+0.1.0+cu130torch2.14 (CUDA 13.0, torch 2.14) or 0.1.0+cputorch2.13 (CPU kernels only). The metadata pins torch to
+the minor version the build was made against (libtorch's C++ ABI changes between minor versions). The Python
+side uses CPython's limited API (csrc/python_module.cpp), so the wheel is tagged abi3 and serves Python 3.10+.
 
 The build writes its facts (torch, CUDA, archs, Python, commit) to regops/_build_facts.json next to the built _C,
 so that the loader (regops/_loader.py) can name a mismatch with the running torch instead of failing on it.
@@ -57,11 +66,71 @@ def want_cuda():
     return bool(torch.version.cuda) and shutil.which("nvcc") is not None and bool(os.environ.get("CUDA_HOME"))
 
 
+# The archs of torch's own wheels per CUDA major.minor (the last one also as PTX, for GPUs newer than the list).
+WHEEL_CUDA_ARCHS = {
+    "12.6": "7.0;7.5;8.0;8.6;9.0+PTX",  # torch also builds 5.0 and 6.0; regops starts at Volta
+    "12.8": "7.0;7.5;8.0;8.6;9.0;10.0;12.0+PTX",
+    "12.9": "7.0;7.5;8.0;8.6;9.0;10.0;12.0+PTX",
+    "13.0": "7.5;8.0;8.6;9.0;10.0;11.0;12.0+PTX",
+}
+FALLBACK_CUDA_ARCHS = "7.5;8.0;8.6;9.0+PTX"  # a CUDA version the table does not know yet
+
+
+def nvcc_arches():
+    """The compute capabilities this nvcc can build ("9.0", ...), from `nvcc --list-gpu-arch`; None if unknown."""
+    from torch.utils.cpp_extension import CUDA_HOME
+    nvcc = os.path.join(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else shutil.which("nvcc")
+    try:
+        out = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, TypeError, subprocess.SubprocessError):
+        return None
+    found = {f"{int(m.group(1)) // 10}.{int(m.group(1)) % 10}" for m in re.finditer(r"compute_(\d+)", out)}
+    return found or None
+
+
+def wheel_cuda_archs(cuda_version, supported):
+    """torch's wheel arch list for this CUDA version, less the archs this nvcc lacks; the newest kept one
+    carries +PTX (PTX of the newest arch is JIT-compiled on newer GPUs)."""
+    major_minor = ".".join(str(cuda_version).split(".")[:2])
+    archs = [a.replace("+PTX", "") for a in WHEEL_CUDA_ARCHS.get(major_minor, FALLBACK_CUDA_ARCHS).split(";")]
+    if supported is not None:
+        archs = [a for a in archs if a in supported]
+    if not archs:
+        raise RuntimeError(f"regops setup.py: no CUDA arch of {WHEEL_CUDA_ARCHS.get(major_minor)} is supported by "
+                           f"this nvcc ({sorted(supported or ())}); set TORCH_CUDA_ARCH_LIST")
+    archs[-1] += "+PTX"
+    return ";".join(archs)
+
+
 WITH_CUDA = want_cuda()
-os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
 
 import torch  # noqa: E402
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+if WITH_CUDA and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+    os.environ["TORCH_CUDA_ARCH_LIST"] = wheel_cuda_archs(torch.version.cuda, nvcc_arches())
+
+
+def torch_major_minor():
+    return tuple(int(p) for p in re.match(r"(\d+)\.(\d+)", torch.__version__).groups())
+
+
+def local_version():
+    """The wheel's local version label: what the build is for (cu130torch2.14, cputorch2.13)."""
+    major, minor = torch_major_minor()
+    if WITH_CUDA:
+        cuda_major, cuda_minor = torch.version.cuda.split(".")[:2]
+        return f"cu{cuda_major}{cuda_minor}torch{major}.{minor}"
+    return f"cputorch{major}.{minor}"
+
+
+def torch_requirement():
+    """The torch this build can load into: the same minor version (libtorch's C++ ABI is per minor version)."""
+    major, minor = torch_major_minor()
+    return f"torch>={major}.{minor},<{major}.{minor + 1}"
+
+
+PYTHON_ABI = "cp310"  # abi3 from this Python on: Py_LIMITED_API below, the wheel tag in setup()
 
 
 BUILD_BASE = os.environ.get("REGOPS_BUILD_DIR", "build")
@@ -114,6 +183,9 @@ def build_facts():
         "cuda_toolkit": nvcc_version() if WITH_CUDA else None,
         "cuda_archs": os.environ["TORCH_CUDA_ARCH_LIST"] if WITH_CUDA else None,
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "python_abi": f"{PYTHON_ABI}-abi3",
+        "local_version": local_version(),
+        "torch_requirement": torch_requirement(),
         "platform": sysconfig.get_platform(),
         "commit": git_commit(),
         "with_cuda": WITH_CUDA,
@@ -134,6 +206,13 @@ class BuildExtWithFacts(BuildExtension):
     The facts follow the .so: they are rewritten only when _C was rebuilt, so an up-to-date _C that was skipped
     after a torch upgrade keeps the facts of the torch it was really built against (and the loader says so)."""
 
+    def finalize_options(self):
+        super().finalize_options()
+        # One object folder per build folder, whatever command runs the build: an editable install (which
+        # otherwise builds in a fresh temp folder each time) and a later `pip wheel` share it, so ninja
+        # recompiles only what changed.
+        self.build_temp = os.path.join(HERE, BUILD_BASE, "objects")
+
     def run(self):
         super().run()
         ext = next(e for e in self.extensions if e.name == "regops._C")
@@ -144,6 +223,10 @@ class BuildExtWithFacts(BuildExtension):
         if self.inplace:  # setuptools copied _C next to the sources: the facts go with it, always (as _C does)
             package_dir = self.get_finalized_command("build_py").get_package_dir("regops")
             shutil.copyfile(facts, os.path.join(package_dir, BUILD_FACTS_NAME))
+            # Python imports _C.cpython-3XX-*.so before _C.abi3.so: an older build's copy would shadow this one.
+            for stale in glob.glob(os.path.join(package_dir, "_C.*.so")):
+                if os.path.basename(stale) != os.path.basename(built):
+                    os.remove(stale)
 
 
 def extension():
@@ -153,18 +236,24 @@ def extension():
     # -fno-math-errno: lets loops with sqrt vectorize (nothing reads errno).
     # -fopenmp: at::parallel_for's OpenMP body is inline, so it runs in parallel only if this code is built
     # with OpenMP. At run time libgomp.so.1 resolves to the copy torch already loaded: one thread pool.
-    cxx = ["-O3", "-fno-math-errno", "-fopenmp", "-DREGOPS_HAVE_BUILD_CONFIG"]
-    kwargs = dict(include_dirs=[CONFIG_DIR, os.path.join(HERE, "csrc", "include")], extra_link_args=["-fopenmp"])
+    # Py_LIMITED_API: only python_module.cpp includes Python.h; the limited API makes _C an abi3 module.
+    abi3 = f"-DPy_LIMITED_API=0x{int(PYTHON_ABI[2]):02X}{int(PYTHON_ABI[3:]):02X}0000"
+    cxx = ["-O3", "-fno-math-errno", "-fopenmp", "-DREGOPS_HAVE_BUILD_CONFIG", abi3]
+    kwargs = dict(include_dirs=[CONFIG_DIR, os.path.join(HERE, "csrc", "include")], extra_link_args=["-fopenmp"],
+                  py_limited_api=True)
     if WITH_CUDA:
         sources += rel("csrc/cuda/*.cu") + rel("csrc/cuda/*.cpp")
         nvcc = ["-O3", "-DREGOPS_HAVE_BUILD_CONFIG", "--expt-relaxed-constexpr"]
+        if os.environ.get("NVCC_THREADS"):
+            nvcc += ["--threads", os.environ["NVCC_THREADS"]]
         return CUDAExtension("regops._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)
     return CppExtension("regops._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)
 
 
 setup(
     name="regops",
-    version=VERSION,
+    version=f"{VERSION}+{local_version()}",
+    install_requires=[torch_requirement()],
     package_dir={"": "python"},
     packages=find_packages("python"),
     # Not _build_facts.json: build_py would copy python/regops's (another build's) into the build folder. Wheels
@@ -172,5 +261,5 @@ setup(
     package_data={"regops": ["gpu_validated.txt"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtWithFacts},
-    options={"build": {"build_base": BUILD_BASE}},
+    options={"build": {"build_base": BUILD_BASE}, "bdist_wheel": {"py_limited_api": PYTHON_ABI}},
 )

@@ -18,6 +18,14 @@ settings.load_profile("regops")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def pytest_report_header(config):
+    """Which regops the tests import: a wheel's verification (scripts/verify_wheel.py) checks it is the installed one."""
+    from pathlib import Path
+    from regops import _loader
+    built = "compiled ops loaded" if _loader.has_compiled_ops() else f"reference only ({_loader.LOAD_ERROR})"
+    return f"regops {regops.__version__} from {Path(regops.__file__).resolve().parent}; {built}"
+
+
 def cpu_impls(op: str) -> list:
     """The kernel impls that can run the registered op `op` on CPU tensors here (reference excluded)."""
     return _registry.available_impls(op, "cpu", include_reference=False)

@@ -19,7 +19,8 @@ from regops import _loader
 
 PACKAGE_ROOT = Path(regops.__file__).resolve().parents[1]  # the folder holding the regops package under test
 REPO = Path(__file__).resolve().parents[1]
-FACT_KEYS = {"regops_version", "torch_version", "torch_cuda", "cuda_toolkit", "cuda_archs", "python", "platform",
+FACT_KEYS = {"regops_version", "torch_version", "torch_cuda", "cuda_toolkit", "cuda_archs", "python", "python_abi",
+             "local_version", "torch_requirement", "platform",
              "commit", "with_cuda"}
 MAJOR, MINOR = (int(p) for p in torch.__version__.split(".")[:2])
 OTHER_TORCH = f"{MAJOR}.{MINOR + 1}.0"  # a torch this process is not
@@ -68,7 +69,7 @@ def _install_hint():
         cu = "".join(cuda.split(".")[:2])
         return (f"pip install regops built for torch {MAJOR}.{MINOR} with CUDA {cuda}, the wheel versioned "
                 f"+cu{cu}torch{MAJOR}.{MINOR}")
-    return f"pip install regops built for torch {MAJOR}.{MINOR}, CPU only, the wheel versioned +cpu"
+    return f"pip install regops built for torch {MAJOR}.{MINOR}, CPU only, the wheel versioned +cputorch{MAJOR}.{MINOR}"
 
 
 def expected_message(built: str, failed: str = "") -> str:

@@ -74,7 +74,7 @@ def _matching_build() -> str:
     if cuda:
         return (f"pip install regops built for torch {torch_mm} with CUDA {torch.version.cuda}, the wheel versioned "
                 f"+cu{cuda[0]}{cuda[1]}torch{torch_mm}")
-    return f"pip install regops built for torch {torch_mm}, CPU only, the wheel versioned +cpu"
+    return f"pip install regops built for torch {torch_mm}, CPU only, the wheel versioned +cputorch{torch_mm}"
 
 
 def build_mismatch_message(facts: dict | None, load_error: BaseException | str | None = None) -> str:
