@@ -20,12 +20,16 @@ from regops.bench.progress import Progress, format_seconds
 PROGRESS_LINE = re.compile(r"\d+/\d+ cases \[\d+:\d\d(:\d\d)? elapsed, ETA (\d+:\d\d(:\d\d)?|\?)\]")
 
 
+def cli_env(**env) -> dict:
+    """The environment of a fresh interpreter that imports this same regops, whatever the working directory."""
+    package_parent = str(Path(regops.__file__).resolve().parents[1])
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [package_parent] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]), **env)
+
+
 def run_cli(args, cwd, **env):
     """The CLI in a fresh interpreter that imports this same regops, whatever the working directory."""
-    package_parent = str(Path(regops.__file__).resolve().parents[1])
-    full_env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [package_parent] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]), **env)
-    return subprocess.run([sys.executable, "-m", "regops", "bench", *args], cwd=cwd, env=full_env,
+    return subprocess.run([sys.executable, "-m", "regops", "bench", *args], cwd=cwd, env=cli_env(**env),
                           capture_output=True, text=True, timeout=300)
 
 
@@ -41,6 +45,20 @@ def test_list_names_every_case_module_and_op(tmp_path):
             assert f"  {case.op} (" in out.stdout, case.op
             assert case.provider in out.stdout
     assert "  sorsa_ortho_loss (3 sizes): official, reference, cpu" in out.stdout
+
+
+@pytest.mark.smoke
+def test_list_into_a_closed_pipe_exits_quietly(tmp_path):
+    # `--list | head -3` with the reader gone before the first write: every write fails, deterministically.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        out = subprocess.run([sys.executable, "-m", "regops", "bench", "--list"], cwd=tmp_path, env=cli_env(),
+                             stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert out.returncode == 141, out.stderr
+    assert "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr, out.stderr
 
 
 @pytest.mark.smoke

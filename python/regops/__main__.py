@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 import torch
 
@@ -87,5 +89,19 @@ def main(argv=None) -> None:
     harness.main(quick=args.quick, ops=args.op, csv_path=args.csv, memory=not args.no_memory, device=args.device)
 
 
+def run_quietly_into_closed_pipes() -> int:
+    """main(), where a reader that stops early (`--list | head -3`) ends the output quietly, as Unix tools do."""
+    try:
+        main()
+        sys.stdout.flush()  # inside the try: a write that fails at exit would print its traceback after all
+    except BrokenPipeError:
+        # Nothing more can reach the reader. Point stdout at devnull so the interpreter's own flush at exit does
+        # not raise a second time, and exit as a process that SIGPIPE ended would (128 + 13).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(run_quietly_into_closed_pipes())
