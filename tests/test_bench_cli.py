@@ -116,3 +116,34 @@ def test_tqdm_progress_has_the_same_figures():
     progress.update(2)
     progress.close()
     assert PROGRESS_LINE.search(stream.getvalue()), stream.getvalue()
+
+
+def _flush_log(monkeypatch, device_type: str) -> list:
+    """time_group on a case and a two-part bound row, logging each timed call and each L2 flush in order. The
+    CUDA path runs without a GPU: its timer, flush buffer and empty_cache are the CPU's stand-ins."""
+    log = []
+    monkeypatch.setattr(harness, "MAX_REPS", 3)
+    monkeypatch.setattr(harness, "flush_l2", lambda buffer: log.append("flush"))
+    if device_type == "cuda":
+        cpu_timer = harness._timer(torch.device("cpu"))
+        monkeypatch.setattr(harness, "_timer", lambda device: cpu_timer)
+        monkeypatch.setattr(harness, "_l2_flush_buffer", lambda device: torch.empty(1, dtype=torch.int8))
+        monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    cases = [harness.Case("op", "8", "kernel", lambda: None, lambda s: log.append("kernel")),
+             harness.Case("op", "8", "two-part-bound", lambda: None, memory=False,
+                          parts=((1.0, lambda s: log.append("part")), (0.5, lambda s: log.append("part"))))]
+    results = harness.time_group(cases, torch.device(device_type), quick=True)
+    assert [len(r.times_ms) for r in results] == [3, 3]
+    return log
+
+
+def test_cpu_timing_does_not_flush_the_cache(monkeypatch):
+    assert "flush" not in _flush_log(monkeypatch, "cpu")
+
+
+def test_cuda_timing_flushes_l2_before_every_timed_call(monkeypatch):
+    log = _flush_log(monkeypatch, "cuda")
+    # The first call of each provider comes before the flush buffer exists (untimed for the medians); then
+    # round-robin: every timed call, each part of the bound row included, right after a flush.
+    round_robin = log[log.index("flush"):]
+    assert round_robin == ["flush", "kernel", "flush", "part", "flush", "part"] * 3

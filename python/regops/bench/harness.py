@@ -169,10 +169,32 @@ def _timer(device: torch.device):
     return time_ms
 
 
-def _one_rep(case: Case, state, time_ms) -> float:
+L2_FLUSH_BYTES = 256 * MIB   # several times a GPU's L2 (an H100's holds 50 MB)
+
+
+def flush_l2(buffer: torch.Tensor) -> None:
+    """Overwrites `buffer`, larger than the GPU's L2, so the next timed call finds none of its inputs there.
+
+    Without it a memory-bound kernel re-reads what its previous repetition left in L2 and looks faster than it is
+    in a training step, where other work runs in between (triton.testing.do_bench flushes the same way). Enqueued
+    before the call's start event: the write is not part of the time."""
+    buffer.zero_()
+
+
+def _l2_flush_buffer(device: torch.device) -> torch.Tensor:
+    return torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device=device)
+
+
+def _one_rep(case: Case, state, time_ms, before_each: Optional[Callable[[], None]] = None) -> float:
+    """One repetition's time; `before_each` (the L2 flush) runs before every timed call, each part's too."""
+    def timed(call):
+        if before_each is not None:
+            before_each()
+        return time_ms(call)
+
     if case.parts:
-        return sum(w * time_ms(lambda f=f: f(state)) for w, f in case.parts)
-    return time_ms(lambda: case.fn(state))
+        return sum(w * timed(lambda f=f: f(state)) for w, f in case.parts)
+    return timed(lambda: case.fn(state))
 
 
 def _error(exc: Exception) -> str:
@@ -191,7 +213,8 @@ def _skip_reason(case: Case) -> Optional[str]:
 def time_group(cases: list[Case], device: torch.device, quick: bool) -> list[Result]:
     """Times the providers of one (op, size) together: each gets its first call (timed apart: it holds any
     compilation) and a short warm-up, then the repetitions go round-robin over the providers, so a burst
-    of load on a shared machine lands on all of them rather than on whichever ran at that moment."""
+    of load on a shared machine lands on all of them rather than on whichever ran at that moment. On CUDA each
+    timed repetition starts with a cold L2 (flush_l2)."""
     min_reps, max_reps, budget_ms, warm_ms = (5, 20, 400, 100) if quick else (10, 200, 3000, 500)
     if MAX_REPS:
         min_reps, max_reps, warm_ms = min(min_reps, MAX_REPS), min(max_reps, MAX_REPS), 0
@@ -217,20 +240,24 @@ def time_group(cases: list[Case], device: torch.device, quick: bool) -> list[Res
         except Exception as exc:  # one failing provider must not end the run
             r.status = _error(exc)
     gc.collect()
+    # One buffer per group: allocating it per repetition would cost more. Not on CPU: there the write would
+    # add tens of ms to every repetition, and the CPU rows time warm-cache calls throughout.
+    flush_buffer = _l2_flush_buffer(device) if device.type == "cuda" and live else None
+    flush = None if flush_buffer is None else (lambda: flush_l2(flush_buffer))
     gc.disable()  # a collection inside a repetition is noise, not the op's cost
     try:
         while live:
             for entry in list(live):
                 r, state, wanted = entry
                 try:
-                    r.times_ms.append(_one_rep(r.case, state, time_ms))
+                    r.times_ms.append(_one_rep(r.case, state, time_ms, before_each=flush))
                 except Exception as exc:
                     r.status, r.times_ms = _error(exc), []
                 if r.status != "ok" or len(r.times_ms) >= wanted:
                     live.remove(entry)
     finally:
         gc.enable()
-    del live
+    del live, flush, flush_buffer
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
