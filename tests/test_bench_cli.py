@@ -147,3 +147,40 @@ def test_cuda_timing_flushes_l2_before_every_timed_call(monkeypatch):
     # round-robin: every timed call, each part of the bound row included, right after a flush.
     round_robin = log[log.index("flush"):]
     assert round_robin == ["flush", "kernel", "flush", "part", "flush", "part"] * 3
+
+
+def test_size_value_is_the_product_of_the_label_integers():
+    assert harness.size_value_from_label("N=256 D=128") == 32768
+    assert harness.size_value_from_label("448x16x4096") == 448 * 16 * 4096
+    assert harness.size_value_from_label("N=M=1000 d=3") == 1000 * 1000 * 3  # N and M both 1000
+    assert harness.size_value_from_label("4096x4096 r=128") == 4096 * 4096 * 128
+    assert harness.size_value_from_label("tiny") is None
+    case = harness.Case("op", "N=2 D=3", "cpu", lambda: None, lambda s: None)
+    assert case.problem_size == 6
+    assert harness.Case("op", "resnet50:161x25.56M,K=2", "cpu", lambda: None, size_value=25.56e6).problem_size == 25.56e6
+
+
+def _old_layout_csv(path, rows):
+    """A CSV of the layout before size_value, as the earlier runs wrote them."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=harness.CSV_FIELDS_BEFORE_SIZE_VALUE)
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: row.get(k, "") for k in harness.CSV_FIELDS_BEFORE_SIZE_VALUE})
+
+
+def test_csv_gets_size_value_and_old_files_are_upgraded(tmp_path):
+    path = tmp_path / "cpu.csv"
+    _old_layout_csv(path, [dict(timestamp="2026-01-01T00:00:00+00:00", op="conr_loss", size="N=256 D=128",
+                                provider="cpu", status="ok", median_ms="1.5")])
+    result = harness.Result(harness.Case("orthonormal_penalty", "2x3x4", "cpu", lambda: None, lambda s: None),
+                            times_ms=[1.0, 2.0, 3.0])
+    written = harness.write_csv(harness.csv_rows([result], torch.device("cpu"), quick=True), path)
+    assert written == path  # upgraded in place, not forked into a second file
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert tuple(reader.fieldnames) == harness.CSV_FIELDS and reader.fieldnames[-1] == "size_value"
+    assert [(r["op"], r["size_value"]) for r in rows] == [("conr_loss", "32768"), ("orthonormal_penalty", "24")]
+    assert rows[1]["median_ms"] == "2.0"
+

@@ -26,6 +26,7 @@ import math
 import os
 import pkgutil
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -66,10 +67,32 @@ class Case:
     memory: bool = True             # measure its peak memory (False for rows that are not an op)
     min_reps: Optional[int] = None  # fewer timed repetitions than the default (minute-long cases)
     note: str = ""
+    # Elements of the problem (e.g. N·M), the plots' x axis; None: size_value_from_label(size).
+    size_value: Optional[float] = None
 
     @property
     def id(self) -> str:
         return f"{self.op}|{self.size}|{self.provider}"
+
+    @property
+    def problem_size(self) -> Optional[float]:
+        return self.size_value if self.size_value is not None else size_value_from_label(self.size)
+
+
+# An integer with the names assigned to it: "N=M=1000" gives ("N=M=", "1000").
+_LABEL_INTEGER = re.compile(r"((?:[A-Za-z_]\w*=)*)(\d+)")
+
+
+def size_value_from_label(label: str) -> Optional[float]:
+    """The product of the integers in a size label: "N=256 D=128" -> 32768, "448x16x4096" -> 448·16·4096. A value
+    assigned to several names counts once per name ("N=M=1000 d=3" -> 1000·1000·3). None if it holds none."""
+    found = _LABEL_INTEGER.findall(label)
+    if not found:
+        return None
+    value = 1.0
+    for names, digits in found:
+        value *= float(digits) ** max(1, names.count("="))
+    return value
 
 
 @dataclass
@@ -491,37 +514,68 @@ def print_table(results: list[Result]) -> None:
 
 CSV_FIELDS = ("timestamp", "machine", "device", "threads", "torch", "regops", "quick", "load1", "op", "size",
               "provider", "mode", "status", "median_ms", "p20_ms", "p80_ms", "reps", "first_call_ms", "peak_mib",
-              "baseline", "speedup", "note")
+              "baseline", "speedup", "note", "size_value")
+# The layout before size_value: such files are upgraded in place (the column is derived from the labels).
+CSV_FIELDS_BEFORE_SIZE_VALUE = CSV_FIELDS[:-1]
 
 
 def _num(x: float, digits: int = 4):
     return "" if math.isnan(x) else round(x, digits)
 
 
-def write_csv(results: list[Result], path: Path, device: torch.device, quick: bool) -> Path:
-    import regops
+def _size_cell(value: Optional[float]):
+    if value is None:
+        return ""
+    return int(value) if float(value).is_integer() else value
 
+
+def csv_rows(results: list[Result], device: torch.device, quick: bool) -> list[dict]:
+    """One CSV row (column -> value) per result; every row of a run carries the same timestamp."""
+    stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    common = dict(timestamp=stamp, machine=machine_description(device), device=str(device),
+                  threads=torch.get_num_threads(), torch=torch.__version__, regops=regops.__version__, quick=int(quick))
+    rows = []
+    for r in results:
+        c = r.case
+        rows.append(dict(common, load1=_num(r.load, 2), op=c.op, size=c.size, provider=c.provider, mode=c.mode,
+                         status=r.status, median_ms=_num(r.median), p20_ms=_num(percentile(r.times_ms, 20)),
+                         p80_ms=_num(percentile(r.times_ms, 80)), reps=len(r.times_ms),
+                         first_call_ms=_num(r.first_ms), peak_mib=_num(r.peak_mib, 1),
+                         baseline=c.baseline or "", speedup=_num(r.speedup, 3), note=c.note,
+                         size_value=_size_cell(c.problem_size)))
+    return rows
+
+
+def _upgrade_csv_layout(path: Path) -> None:
+    """Rewrites a CSV of the layout before size_value with that column, derived from each row's size label."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        for row in rows:
+            w.writerow(dict(row, size_value=_size_cell(size_value_from_label(row["size"]))))
+    os.replace(tmp, path)  # all or nothing: an interrupted upgrade leaves the old file
+
+
+def write_csv(rows: list[dict], path: Path) -> Path:
+    """Appends the rows to the CSV at path; returns the file written (another one where path has a foreign layout)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         with open(path, newline="") as f:
             header = next(csv.reader(f), None)
-        if header and tuple(header) != CSV_FIELDS:  # an older layout: never mix columns in one file
+        if header and tuple(header) == CSV_FIELDS_BEFORE_SIZE_VALUE:
+            _upgrade_csv_layout(path)
+            print(f"upgraded {path}: a size_value column, derived from the size labels", flush=True)
+        elif header and tuple(header) != CSV_FIELDS:  # another layout: never mix columns in one file
             path = path.with_name(f"{path.stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}{path.suffix}")
     new = not path.exists()
-    stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    common = dict(timestamp=stamp, machine=machine_description(device), device=str(device),
-                  threads=torch.get_num_threads(), torch=torch.__version__, regops=regops.__version__, quick=int(quick))
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         if new:
             w.writeheader()
-        for r in results:
-            c = r.case
-            w.writerow(dict(common, load1=_num(r.load, 2), op=c.op, size=c.size, provider=c.provider, mode=c.mode,
-                            status=r.status, median_ms=_num(r.median), p20_ms=_num(percentile(r.times_ms, 20)),
-                            p80_ms=_num(percentile(r.times_ms, 80)), reps=len(r.times_ms),
-                            first_call_ms=_num(r.first_ms), peak_mib=_num(r.peak_mib, 1),
-                            baseline=c.baseline or "", speedup=_num(r.speedup, 3), note=c.note))
+        w.writerows(rows)
     return path
 
 
@@ -579,7 +633,8 @@ def main(quick: bool = False, ops=None, csv_path: Optional[str] = None, memory: 
     print(f"\ndone in {time.perf_counter() - t0:.0f} s (timing {t_timing:.0f} s)\n")
     _warn_if_shared(device, own_load=torch.get_num_threads())
     print_table(results)
-    written = write_csv(results, Path(csv_path) if csv_path else default_csv_path(device), device, quick)
+    rows = csv_rows(results, device, quick)
+    written = write_csv(rows, Path(csv_path) if csv_path else default_csv_path(device))
     print(f"\nappended {len(results)} rows to {written}")
     return results
 
