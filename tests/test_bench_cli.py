@@ -157,7 +157,8 @@ def test_size_value_is_the_product_of_the_label_integers():
     assert harness.size_value_from_label("tiny") is None
     case = harness.Case("op", "N=2 D=3", "cpu", lambda: None, lambda s: None)
     assert case.problem_size == 6
-    assert harness.Case("op", "resnet50:161x25.56M,K=2", "cpu", lambda: None, size_value=25.56e6).problem_size == 25.56e6
+    stated = harness.Case("op", "resnet50:161x25.56M,K=2", "cpu", lambda: None, size_value=25.56e6)
+    assert stated.problem_size == 25.56e6
 
 
 def _old_layout_csv(path, rows):
@@ -184,3 +185,113 @@ def test_csv_gets_size_value_and_old_files_are_upgraded(tmp_path):
     assert [(r["op"], r["size_value"]) for r in rows] == [("conr_loss", "32768"), ("orthonormal_penalty", "24")]
     assert rows[1]["median_ms"] == "2.0"
 
+
+def test_reading_an_old_csv_derives_size_value(tmp_path):
+    path = tmp_path / "old.csv"
+    _old_layout_csv(path, [dict(timestamp="t", machine="m", device="cpu", op="x", size="N=M=10 d=2", provider="cpu",
+                                status="ok")])
+    (row,) = harness.read_csv(path)
+    assert harness.row_number(row, "size_value") == 200
+
+
+def test_select_run_picks_the_latest_one_a_named_one_or_the_newest_rows_of_all():
+    def row(stamp, provider, median):
+        return dict(timestamp=stamp, device="cpu", op="op", size="8", provider=provider, median_ms=median)
+    first, second = "2026-01-01T10:00:00+00:00", "2026-01-01T11:00:00+02:00"  # later on its clock, earlier in time
+    rows = [row(first, "cpu", "1"), row(first, "reference", "2"), row(second, "cpu", "3")]
+    assert harness.select_run(rows) == rows[:2]
+    assert harness.select_run(rows, second) == rows[2:]
+    assert harness.select_run(rows, "all") == [rows[0], rows[1]]  # cpu's newest row is the first run's
+    with pytest.raises(SystemExit, match="regops bench: --run: expected latest, all or a timestamp"):
+        harness.select_run(rows, "yesterday")
+
+
+def test_every_bench_provider_has_a_kind():
+    from regops.bench.report import KINDS, provider_kind
+
+    for device in ("cpu", "cuda"):  # the CUDA cases are built without a GPU: their providers are names
+        for case in harness.discover(False, torch.device(device)):
+            assert provider_kind(case.provider) in KINDS, case.id
+    expected = {"cpu": "regops", "cuda": "regops", "triton": "regops", "regularize_-triton": "regops",
+                "svd_lowrank": "regops", "reference": "reference", "compiled-reference": "reference",
+                "autograd-reference": "reference", "regularize_-reference": "reference", "eager": "reference",
+                "official": "official", "loop": "official", "pot": "peer", "ott-jax": "peer", "geomloss": "peer",
+                "liger": "peer", "foreach": "peer", "gemm-bound": "bound", "2-reads-bound": "bound",
+                "torch linear_cross_entropy (SFT only)": "partial"}
+    assert {p: provider_kind(p) for p in expected} == expected
+
+
+def _rows(**columns_by_provider):
+    """Result rows of one (op, size), as read from a CSV: provider -> (median ms, peak MiB or "")."""
+    common = dict(timestamp="2026-01-01T00:00:00+00:00", machine="Test CPU x2", device="cpu", threads="2",
+                  torch="2.0", regops="0.1.0", quick="1", op="op/a", size="N=8 D=2", size_value="16", status="ok")
+    return [dict(common, provider=p.replace("_", "-"), median_ms=str(ms), peak_mib=str(mib))
+            for p, (ms, mib) in columns_by_provider.items()]
+
+
+def test_report_compares_regops_fastest_kernel_with_reference_official_and_best_peer():
+    from regops.bench.report import report_markdown
+
+    rows = _rows(official=(8.0, 40.0), reference=(4.0, 20.0), compiled_reference=(2.0, 10.0), cpu=(1.0, 5.0),
+                 pot=(3.0, ""), geomloss=(1.5, 2.5), gemm_bound=(0.5, ""))
+    rows.append(dict(rows[0], provider="triton", status="skipped: no triton", median_ms=""))
+    text = report_markdown(rows, command="python -m regops bench --report", commit="abc1234")
+    assert "Test CPU x2 · cpu · 2 threads · torch 2.0 · regops 0.1.0 (commit abc1234) · quick" in text
+    assert "command: `python -m regops bench --report`" in text
+    (line,) = [line for line in text.splitlines() if line.startswith("| op/a ")]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    # regops' cpu against the fastest reference (compiled), the official code, the fastest peer (geomloss)
+    assert cells == ["op/a", "N=8 D=2", "cpu", "1", "5", "2.00× (compiled-reference)", "8.00×", "1.50× (geomloss)",
+                     "0.50×", "0.12×", "2.00×"]
+    assert "1 row(s) not ok" in text
+
+
+def test_report_without_a_kernel_row_or_memory_says_so():
+    from regops.bench.report import report_markdown
+
+    text = report_markdown(_rows(official=(2.0, ""), reference=(1.0, "")), command="c", commit="x")
+    (line,) = [line for line in text.splitlines() if line.startswith("| op/a ")]
+    assert [c.strip() for c in line.strip("|").split("|")][2:] == ["–"] * 9
+
+
+def test_plot_files_per_op(tmp_path):
+    pytest.importorskip("matplotlib")
+    from regops.bench import plot
+
+    assert plot.file_stem("ot.sinkhorn/iter") == "ot.sinkhorn_iter"
+    assert plot.file_stem("rpo (frozen head)") == "rpo_frozen_head"
+    rows = _rows(reference=(4.0, 20.0), cpu=(1.0, 5.0)) + [
+        dict(r, size="N=16 D=2", size_value="32", median_ms="3") for r in _rows(reference=(8.0, 40.0), cpu=(2.0, 9.0))]
+    rows += [dict(r, op="no memory", peak_mib="") for r in rows]
+    written = plot.plot_rows(rows, tmp_path / "plots")
+    assert [p.name for p in written] == ["op_a_time.png", "op_a_memory.png", "no_memory_time.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+
+
+def test_plot_without_matplotlib_names_the_extra(monkeypatch):
+    from regops.bench import plot
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    with pytest.raises(SystemExit, match=r"regops bench: --plot: expected matplotlib \(pip install regops\[bench\]\)"):
+        plot.require_matplotlib()
+
+
+@pytest.mark.smoke
+def test_from_csv_reports_and_plots_an_old_csv_without_timing(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "old.csv"
+    old, new = "2026-01-01T00:00:00+00:00", "2026-01-02T00:00:00+00:00"
+    _old_layout_csv(path, [dict(r, timestamp=old) for r in _rows(reference=(9.0, 1.0), cpu=(9.0, 1.0))]
+                    + [dict(r, timestamp=new) for r in _rows(reference=(4.0, 20.0), cpu=(1.0, 5.0))])
+    out = run_cli(["--from-csv", str(path), "--report", str(tmp_path / "report.md"), "--plot", str(tmp_path / "p")],
+                  cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    report = (tmp_path / "report.md").read_text()
+    assert f"run {new}" in report and "| op/a | N=8 D=2 | cpu | 1 | 5 | 4.00× |" in report  # the latest run only
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["op_a_memory.png", "op_a_time.png"]
+    assert "regops bench on" not in out.stdout  # nothing timed
+
+    out = run_cli(["--from-csv", str(tmp_path / "missing.csv")], cwd=tmp_path)
+    assert out.returncode != 0 and "regops bench: --from-csv: expected an existing CSV file, got" in out.stderr
+    out = run_cli(["--run", "all", "--op", "sorsa_ortho_loss"], cwd=tmp_path)
+    assert out.returncode != 0 and "--run: expected --from-csv with it" in out.stderr

@@ -579,6 +579,62 @@ def write_csv(rows: list[dict], path: Path) -> Path:
     return path
 
 
+# Columns the plots and the report read; older CSVs lack size_value only.
+CSV_COLUMNS_READ = ("timestamp", "machine", "device", "threads", "torch", "regops", "quick", "op", "size", "provider",
+                    "status", "median_ms", "peak_mib")
+
+
+def read_csv(path: Path) -> list[dict]:
+    """The rows of a bench CSV (column -> text); where size_value is absent or empty it is derived from the label."""
+    if not path.is_file():
+        sys.exit(f"regops bench: --from-csv: expected an existing CSV file, got {path}")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in CSV_COLUMNS_READ if c not in (reader.fieldnames or ())]
+        if missing:
+            sys.exit(f"regops bench: --from-csv: expected a regops bench CSV (columns {', '.join(CSV_COLUMNS_READ)}), "
+                     f"got {path} without {', '.join(missing)}")
+        rows = list(reader)
+    for row in rows:
+        if row.get("size_value") in (None, ""):
+            row["size_value"] = _size_cell(size_value_from_label(row["size"]))
+    return rows
+
+
+def row_number(row: dict, column: str) -> float:
+    """A numeric cell of a row, read from a CSV (text) or made by csv_rows (numbers); NaN where empty."""
+    value = row.get(column)
+    return math.nan if value in (None, "") else float(value)
+
+
+def _stamp_order(stamp: str):
+    try:
+        return datetime.datetime.fromisoformat(stamp).timestamp()  # offsets compared as instants
+    except ValueError:
+        return math.inf  # not ISO: written by hand, kept apart from the real runs' order
+
+
+def select_run(rows: list[dict], run: str = "latest") -> list[dict]:
+    """The rows of one run (write_csv stamps all rows of a run with one timestamp): "latest", a timestamp, or
+    "all": every run, the newest row of each (device, op, size, provider) kept, in their first order."""
+    if not rows:
+        return []
+    stamps = sorted({r["timestamp"] for r in rows}, key=_stamp_order)
+    if run == "latest":
+        return [r for r in rows if r["timestamp"] == stamps[-1]]
+    if run == "all":
+        newest = {}
+        for r in sorted(rows, key=lambda r: _stamp_order(r["timestamp"])):  # stable: file order within a run
+            newest[(r["device"], r["op"], r["size"], r["provider"])] = r
+        order = {}
+        for r in rows:
+            order.setdefault((r["device"], r["op"], r["size"], r["provider"]), len(order))
+        return sorted(newest.values(), key=lambda r: order[(r["device"], r["op"], r["size"], r["provider"])])
+    if run in stamps:
+        return [r for r in rows if r["timestamp"] == run]
+    sys.exit(f"regops bench: --run: expected latest, all or a timestamp of the CSV ({', '.join(stamps)}), got {run}")
+
+
 # ---------------------------------------------------------------------------------------------- entry points
 
 def resolve_device(name: str) -> torch.device:
@@ -604,9 +660,63 @@ def _case_line(r: Result, done: int, total: int) -> str:
     return f"  [{done}/{total}] {r.case.op} {r.case.size} {r.case.provider}: {summary}"
 
 
+def check_outputs(plot_dir: Optional[str], report: Optional[str]) -> None:
+    """Refuses --plot / --report that could not be written, before anything is timed."""
+    if plot_dir is not None:
+        from . import plot
+        plot.require_matplotlib()
+        plot.check_plot_dir(Path(plot_dir))
+    if report is not None:
+        from . import report as report_module
+        report_module.check_report_path(report)
+
+
+def render(rows: list[dict], plot_dir: Optional[str], report: Optional[str], command: str, source: str = "") -> None:
+    """The plots (--plot DIR) and the Markdown report (--report [PATH]) of the rows."""
+    if plot_dir is not None:
+        from . import plot
+        written = plot.plot_rows(rows, Path(plot_dir))
+        print(f"wrote {len(written)} plot(s) to {plot_dir}" + (f": {', '.join(p.name for p in written)}" if written
+                                                                else " (no row is ok)"), flush=True)
+    if report is not None:
+        from . import report as report_module
+        report_module.write_report(report_module.report_markdown(rows, command, source=source), report)
+
+
+def ops_filter(rows: list[dict], ops) -> list[dict]:
+    """The rows of the ops named (an op, or a bench module: --op orthonormal), as --op selects cases."""
+    if not ops:
+        return rows
+    of_modules = {c.op for m in case_modules() if module_stem(m) in ops or f"bench_{module_stem(m)}" in ops
+                  for c in m.cases(False, torch.device("cpu"))}
+    kept = [r for r in rows if r["op"] in ops or r["op"] in of_modules]
+    if not kept:
+        sys.exit(f"regops bench: --op: expected an op of the rows ({', '.join(dict.fromkeys(r['op'] for r in rows))}) "
+                 f"or its bench module, got {', '.join(ops)}")
+    return kept
+
+
+def from_csv_main(csv_path: str, run: str = "latest", ops=None, plot_dir: Optional[str] = None,
+                  report: Optional[str] = None, command: str = "") -> list[dict]:
+    """Plots and reports rows of an existing CSV, timing nothing; with neither --plot nor --report, the report
+    goes to stdout."""
+    check_outputs(plot_dir, report)
+    rows = read_csv(Path(csv_path))
+    if not rows:
+        sys.exit(f"regops bench: --from-csv: expected rows, got only a header in {csv_path}")
+    selected = ops_filter(select_run(rows, run), ops)
+    source = f"{csv_path}, --run {run}"  # the header names the runs' timestamps
+    if plot_dir is None and report is None:
+        report = "-"
+    render(selected, plot_dir, report, command, source=source)
+    return selected
+
+
 def main(quick: bool = False, ops=None, csv_path: Optional[str] = None, memory: bool = True,
-         device: str = "cpu") -> list[Result]:
+         device: str = "cpu", plot_dir: Optional[str] = None, report: Optional[str] = None,
+         command: str = "") -> list[Result]:
     device = resolve_device(device)
+    check_outputs(plot_dir, report)
     configure(device)
     cases = discover(quick, device, ops)
     if not cases:
@@ -635,7 +745,10 @@ def main(quick: bool = False, ops=None, csv_path: Optional[str] = None, memory: 
     print_table(results)
     rows = csv_rows(results, device, quick)
     written = write_csv(rows, Path(csv_path) if csv_path else default_csv_path(device))
-    print(f"\nappended {len(results)} rows to {written}")
+    print(f"\nappended {len(results)} rows to {written}", flush=True)
+    if plot_dir is not None or report is not None:
+        print()
+        render(rows, plot_dir, report, command, source=f"this run, appended to {written}")
     return results
 
 
