@@ -127,7 +127,7 @@ def _flush_log(monkeypatch, device_type: str) -> list:
     if device_type == "cuda":
         cpu_timer = harness._timer(torch.device("cpu"))
         monkeypatch.setattr(harness, "_timer", lambda device: cpu_timer)
-        monkeypatch.setattr(harness, "_l2_flush_buffer", lambda device: torch.empty(1, dtype=torch.int8))
+        monkeypatch.setattr(harness, "l2_flush_buffer", lambda device: torch.empty(1, dtype=torch.int8))
         monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     cases = [harness.Case("op", "8", "kernel", lambda: None, lambda s: log.append("kernel")),
              harness.Case("op", "8", "two-part-bound", lambda: None, memory=False,
@@ -295,3 +295,22 @@ def test_from_csv_reports_and_plots_an_old_csv_without_timing(tmp_path):
     assert out.returncode != 0 and "regops bench: --from-csv: expected an existing CSV file, got" in out.stderr
     out = run_cli(["--run", "all", "--op", "sorsa_ortho_loss"], cwd=tmp_path)
     assert out.returncode != 0 and "--run: expected --from-csv with it" in out.stderr
+
+
+@pytest.mark.smoke
+def test_pytest_benchmark_times_the_same_cases(tmp_path):
+    pytest.importorskip("pytest_benchmark")
+    bench_dir = Path(__file__).resolve().parents[1] / "bench"
+    if not (bench_dir / "test_bench.py").is_file():
+        pytest.skip("no bench/ folder next to tests/ (an installed package, not a checkout)")
+    op = "sorsa_ortho_loss"
+    out = subprocess.run([sys.executable, "-m", "pytest", str(bench_dir), "--benchmark-only", "--regops-op", op, "-q",
+                          "--benchmark-min-rounds=1", "-p", "no:cacheprovider"],
+                         cwd=tmp_path, env=cli_env(REGOPS_BENCH_MAX_REPS="1"), capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    cases = harness.discover(True, torch.device("cpu"), [op])
+    ran = sum(1 for c in cases if harness.skip_reason(c) is None)
+    assert re.search(rf"\b{ran} passed", out.stdout), out.stdout[-2000:]
+    for size in dict.fromkeys(c.size for c in cases):  # one benchmark group per (op, size), as the harness groups
+        assert f"benchmark '{op} {size}'" in out.stdout, size

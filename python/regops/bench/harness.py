@@ -155,7 +155,7 @@ def list_cases(quick: bool, device: torch.device) -> None:
         sizes = {}
         for case in module.cases(quick, device):
             providers = by_op.setdefault(case.op, {})
-            why = _skip_reason(case)
+            why = skip_reason(case)
             if case.provider not in providers or providers[case.provider] is not None:
                 providers[case.provider] = why
             sizes.setdefault(case.op, set()).add(case.size)
@@ -204,7 +204,7 @@ def flush_l2(buffer: torch.Tensor) -> None:
     buffer.zero_()
 
 
-def _l2_flush_buffer(device: torch.device) -> torch.Tensor:
+def l2_flush_buffer(device: torch.device) -> torch.Tensor:
     return torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device=device)
 
 
@@ -225,7 +225,7 @@ def _error(exc: Exception) -> str:
     return f"error: {type(exc).__name__}: {first}"[:200]
 
 
-def _skip_reason(case: Case) -> Optional[str]:
+def skip_reason(case: Case) -> Optional[str]:
     if case.skip:
         return case.skip
     if case.predicted_bytes > MEMORY_LIMIT_BYTES:
@@ -246,7 +246,7 @@ def time_group(cases: list[Case], device: torch.device, quick: bool) -> list[Res
     results = [Result(c, load=load) for c in cases]
     live = []  # [result, state, repetitions wanted]
     for r in results:
-        why = _skip_reason(r.case)
+        why = skip_reason(r.case)
         if why:
             r.status = f"skipped: {why}"
             continue
@@ -265,7 +265,7 @@ def time_group(cases: list[Case], device: torch.device, quick: bool) -> list[Res
     gc.collect()
     # One buffer per group: allocating it per repetition would cost more. Not on CPU: there the write would
     # add tens of ms to every repetition, and the CPU rows time warm-cache calls throughout.
-    flush_buffer = _l2_flush_buffer(device) if device.type == "cuda" and live else None
+    flush_buffer = l2_flush_buffer(device) if device.type == "cuda" and live else None
     flush = None if flush_buffer is None else (lambda: flush_l2(flush_buffer))
     gc.disable()  # a collection inside a repetition is noise, not the op's cost
     try:
