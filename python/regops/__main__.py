@@ -1,4 +1,6 @@
-"""python -m regops info | bench [--quick] [--op NAME] [--device cpu|cuda] [--csv PATH] [--no-memory] [--list]"""
+"""python -m regops info | bench [--quick] [--op NAME] [--device cpu|cuda] [--csv PATH] [--no-memory] [--list]
+[--plot DIR] [--report [PATH]] | bench --from-csv PATH [--run latest|all|TIMESTAMP] [--op NAME] [--plot DIR]
+[--report [PATH]]"""
 from __future__ import annotations
 
 import argparse

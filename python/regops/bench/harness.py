@@ -4,12 +4,20 @@ A bench module exposes ``cases(quick: bool, device: torch.device) -> list[Case]`
 (op, size, provider): ``setup()`` builds the inputs (untimed), ``fn(state)`` is the timed call. The
 harness times each case (first call reported apart: it holds compilation), takes the median, p20 and
 p80 of the repetitions, then measures peak memory: on CPU in a fresh subprocess per case
-(``python -m regops bench --memory-case ID``), on CUDA with the allocator's peak counter.
+(``python -m regops bench --memory-case ID``), on CUDA with the allocator's peak counter. On CUDA every timed
+repetition starts with a cold L2 (flush_l2). The same cases serve pytest-benchmark: ``pytest bench/
+--benchmark-only`` in a checkout (bench/conftest.py calls discover).
 
 Run it as ``python -m regops bench [--quick] [--op NAME] [--device cpu|cuda] [--csv PATH] [--no-memory]
-[--list]``. Rows are appended to --csv, by default ./bench/results/<cpu|cuda>.csv where the current
-directory has a bench/results/ folder (a regops checkout: the CSVs behind the README), else to
-./regops-bench-<cpu|cuda>.csv.
+[--list] [--plot DIR] [--report [PATH]]``. Rows are appended to --csv, by default ./bench/results/<cpu|cuda>.csv
+where the current directory has a bench/results/ folder (a regops checkout: the CSVs behind the README), else to
+./regops-bench-<cpu|cuda>.csv. A run stamps all its rows with one timestamp; size_value, the last column, is the
+problem's element count (Case.size_value, else size_value_from_label), the plots' x axis.
+
+--plot DIR draws DIR/<op>_time.png and DIR/<op>_memory.png (regops.bench.plot; needs matplotlib); --report [PATH]
+writes the Markdown summary (regops.bench.report) to PATH or stdout. ``python -m regops bench --from-csv PATH
+[--run latest|all|TIMESTAMP] [--op NAME] [--plot DIR] [--report [PATH]]`` does both for rows already in a CSV
+(the latest run by default; the report on stdout where neither is asked for), timing nothing.
 
 Environment: REGOPS_BENCH_THREADS (CPU threads, default 2), REGOPS_BENCH_PROGRESS (tqdm|plain, see progress),
 REGOPS_BENCH_MAX_REPS (smoke runs only: caps the timed repetitions and skips the warm-up).
