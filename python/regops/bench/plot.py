@@ -55,6 +55,7 @@ def _series(rows: list[dict], column: str) -> dict:
 def _figure(op: str, rows: list[dict], series: dict, ylabel: str):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullLocator
 
     fig = Figure(figsize=(8, 5.5), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)  # the Agg backend, without pyplot's global state
@@ -79,7 +80,8 @@ def _figure(op: str, rows: list[dict], series: dict, ylabel: str):
     if len(labels) <= 6:  # few sizes: their labels under the axis say more than the element counts alone
         ticks = sorted(labels)
         ax.set_xticks(ticks, ["\n".join(labels[x]) + f"\n{x:.3g}" for x in ticks], fontsize=7)
-        ax.minorticks_off()
+        ax.xaxis.set_minor_locator(NullLocator())  # the x axis only: y keeps its minor ticks, the only labelled
+        # ones where the values span less than a decade
     ax.legend(fontsize=8)
     return fig
 
