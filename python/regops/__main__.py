@@ -1,7 +1,12 @@
-"""python -m regops info | bench [--quick] [--op NAME] [--device cpu|cuda] [--csv PATH] [--no-memory] [--list]"""
+"""python -m regops info | bench [--quick] [--op NAME] [--device cpu|cuda] [--csv PATH] [--no-memory] [--list]
+[--plot DIR] [--report [PATH]] | bench --from-csv PATH [--run latest|all|TIMESTAMP] [--op NAME] [--plot DIR]
+[--report [PATH]]"""
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+import sys
 
 import torch
 
@@ -72,6 +77,17 @@ def main(argv=None) -> None:
                         "as in a regops checkout, else ./regops-bench-<cpu|cuda>.csv)")
     b.add_argument("--no-memory", action="store_true", help="skip the per-case peak-memory measurement")
     b.add_argument("--list", action="store_true", help="print the ops and their providers per bench module, then exit")
+    b.add_argument("--plot", metavar="DIR", default=None,
+                   help="draw DIR/<op>_time.png and DIR/<op>_memory.png (log-log against the problem size, one line "
+                        "per provider) from the rows of this run, or of --from-csv; needs matplotlib")
+    b.add_argument("--report", nargs="?", const="-", default=None, metavar="PATH",
+                   help="a Markdown summary per (op, size): regops' fastest kernel against the reference, the "
+                        "official code and the best peer, in time and memory; to PATH, or stdout without one")
+    b.add_argument("--from-csv", metavar="PATH", default=None,
+                   help="time nothing: plot (--plot) or report (--report, the default) the rows of this CSV")
+    b.add_argument("--run", default=None, metavar="latest|all|TIMESTAMP",
+                   help="with --from-csv: the run to read, by its timestamp; latest (default), or all: the newest "
+                        "row of every (op, size, provider) over all runs")
     b.add_argument("--memory-case", metavar="ID", help=argparse.SUPPRESS)  # internal: the per-case memory child
     args = parser.parse_args(argv)
     if args.cmd == "info":
@@ -84,8 +100,34 @@ def main(argv=None) -> None:
     if args.list:
         harness.list_cases(quick=args.quick, device=torch.device(args.device))
         return
-    harness.main(quick=args.quick, ops=args.op, csv_path=args.csv, memory=not args.no_memory, device=args.device)
+    command = "python -m regops " + shlex.join(sys.argv[1:] if argv is None else argv)
+    if args.from_csv is not None:
+        if args.csv is not None:
+            sys.exit("regops bench: --from-csv: expected no --csv with it (nothing is timed or appended), "
+                     f"got --csv {args.csv}")
+        harness.from_csv_main(args.from_csv, run=args.run or "latest", ops=args.op, plot_dir=args.plot,
+                              report=args.report, command=command)
+        return
+    if args.run is not None:
+        sys.exit("regops bench: --run: expected --from-csv with it (a timing run reports its own rows), "
+                 f"got --run {args.run}")
+    harness.main(quick=args.quick, ops=args.op, csv_path=args.csv, memory=not args.no_memory, device=args.device,
+                 plot_dir=args.plot, report=args.report, command=command)
+
+
+def run_quietly_into_closed_pipes() -> int:
+    """main(), where a reader that stops early (`--list | head -3`) ends the output quietly, as Unix tools do."""
+    try:
+        main()
+        sys.stdout.flush()  # inside the try: a write that fails at exit would print its traceback after all
+    except BrokenPipeError:
+        # Nothing more can reach the reader. Point stdout at devnull so the interpreter's own flush at exit does
+        # not raise a second time, and exit as a process that SIGPIPE ended would (128 + 13).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_quietly_into_closed_pipes())

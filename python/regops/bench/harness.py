@@ -4,12 +4,20 @@ A bench module exposes ``cases(quick: bool, device: torch.device) -> list[Case]`
 (op, size, provider): ``setup()`` builds the inputs (untimed), ``fn(state)`` is the timed call. The
 harness times each case (first call reported apart: it holds compilation), takes the median, p20 and
 p80 of the repetitions, then measures peak memory: on CPU in a fresh subprocess per case
-(``python -m regops bench --memory-case ID``), on CUDA with the allocator's peak counter.
+(``python -m regops bench --memory-case ID``), on CUDA with the allocator's peak counter. On CUDA every timed
+repetition starts with a cold L2 (flush_l2). The same cases serve pytest-benchmark: ``pytest bench/
+--benchmark-only`` in a checkout (bench/conftest.py calls discover).
 
 Run it as ``python -m regops bench [--quick] [--op NAME] [--device cpu|cuda] [--csv PATH] [--no-memory]
-[--list]``. Rows are appended to --csv, by default ./bench/results/<cpu|cuda>.csv where the current
-directory has a bench/results/ folder (a regops checkout: the CSVs behind the README), else to
-./regops-bench-<cpu|cuda>.csv.
+[--list] [--plot DIR] [--report [PATH]]``. Rows are appended to --csv, by default ./bench/results/<cpu|cuda>.csv
+where the current directory has a bench/results/ folder (a regops checkout: the CSVs behind the README), else to
+./regops-bench-<cpu|cuda>.csv. A run stamps all its rows with one timestamp; size_value, the last column, is the
+problem's element count (Case.size_value, else size_value_from_label), the plots' x axis.
+
+--plot DIR draws DIR/<op>_time.png and DIR/<op>_memory.png (regops.bench.plot; needs matplotlib); --report [PATH]
+writes the Markdown summary (regops.bench.report) to PATH or stdout. ``python -m regops bench --from-csv PATH
+[--run latest|all|TIMESTAMP] [--op NAME] [--plot DIR] [--report [PATH]]`` does both for rows already in a CSV
+(the latest run by default; the report on stdout where neither is asked for), timing nothing.
 
 Environment: REGOPS_BENCH_THREADS (CPU threads, default 2), REGOPS_BENCH_PROGRESS (tqdm|plain, see progress),
 REGOPS_BENCH_MAX_REPS (smoke runs only: caps the timed repetitions and skips the warm-up).
@@ -26,6 +34,7 @@ import math
 import os
 import pkgutil
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -66,10 +75,32 @@ class Case:
     memory: bool = True             # measure its peak memory (False for rows that are not an op)
     min_reps: Optional[int] = None  # fewer timed repetitions than the default (minute-long cases)
     note: str = ""
+    # Elements of the problem (e.g. N·M), the plots' x axis; None: size_value_from_label(size).
+    size_value: Optional[float] = None
 
     @property
     def id(self) -> str:
         return f"{self.op}|{self.size}|{self.provider}"
+
+    @property
+    def problem_size(self) -> Optional[float]:
+        return self.size_value if self.size_value is not None else size_value_from_label(self.size)
+
+
+# An integer with the names assigned to it: "N=M=1000" gives ("N=M=", "1000").
+_LABEL_INTEGER = re.compile(r"((?:[A-Za-z_]\w*=)*)(\d+)")
+
+
+def size_value_from_label(label: str) -> Optional[float]:
+    """The product of the integers in a size label: "N=256 D=128" -> 32768, "448x16x4096" -> 448·16·4096. A value
+    assigned to several names counts once per name ("N=M=1000 d=3" -> 1000·1000·3). None if it holds none."""
+    found = _LABEL_INTEGER.findall(label)
+    if not found:
+        return None
+    value = 1.0
+    for names, digits in found:
+        value *= float(digits) ** max(1, names.count("="))
+    return value
 
 
 @dataclass
@@ -132,7 +163,7 @@ def list_cases(quick: bool, device: torch.device) -> None:
         sizes = {}
         for case in module.cases(quick, device):
             providers = by_op.setdefault(case.op, {})
-            why = _skip_reason(case)
+            why = skip_reason(case)
             if case.provider not in providers or providers[case.provider] is not None:
                 providers[case.provider] = why
             sizes.setdefault(case.op, set()).add(case.size)
@@ -169,10 +200,32 @@ def _timer(device: torch.device):
     return time_ms
 
 
-def _one_rep(case: Case, state, time_ms) -> float:
+L2_FLUSH_BYTES = 256 * MIB   # several times a GPU's L2 (an H100's holds 50 MB)
+
+
+def flush_l2(buffer: torch.Tensor) -> None:
+    """Overwrites `buffer`, larger than the GPU's L2, so the next timed call finds none of its inputs there.
+
+    Without it a memory-bound kernel re-reads what its previous repetition left in L2 and looks faster than it is
+    in a training step, where other work runs in between (triton.testing.do_bench flushes the same way). Enqueued
+    before the call's start event: the write is not part of the time."""
+    buffer.zero_()
+
+
+def l2_flush_buffer(device: torch.device) -> torch.Tensor:
+    return torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device=device)
+
+
+def _one_rep(case: Case, state, time_ms, before_each: Optional[Callable[[], None]] = None) -> float:
+    """One repetition's time; `before_each` (the L2 flush) runs before every timed call, each part's too."""
+    def timed(call):
+        if before_each is not None:
+            before_each()
+        return time_ms(call)
+
     if case.parts:
-        return sum(w * time_ms(lambda f=f: f(state)) for w, f in case.parts)
-    return time_ms(lambda: case.fn(state))
+        return sum(w * timed(lambda f=f: f(state)) for w, f in case.parts)
+    return timed(lambda: case.fn(state))
 
 
 def _error(exc: Exception) -> str:
@@ -180,7 +233,7 @@ def _error(exc: Exception) -> str:
     return f"error: {type(exc).__name__}: {first}"[:200]
 
 
-def _skip_reason(case: Case) -> Optional[str]:
+def skip_reason(case: Case) -> Optional[str]:
     if case.skip:
         return case.skip
     if case.predicted_bytes > MEMORY_LIMIT_BYTES:
@@ -191,7 +244,8 @@ def _skip_reason(case: Case) -> Optional[str]:
 def time_group(cases: list[Case], device: torch.device, quick: bool) -> list[Result]:
     """Times the providers of one (op, size) together: each gets its first call (timed apart: it holds any
     compilation) and a short warm-up, then the repetitions go round-robin over the providers, so a burst
-    of load on a shared machine lands on all of them rather than on whichever ran at that moment."""
+    of load on a shared machine lands on all of them rather than on whichever ran at that moment. On CUDA each
+    timed repetition starts with a cold L2 (flush_l2)."""
     min_reps, max_reps, budget_ms, warm_ms = (5, 20, 400, 100) if quick else (10, 200, 3000, 500)
     if MAX_REPS:
         min_reps, max_reps, warm_ms = min(min_reps, MAX_REPS), min(max_reps, MAX_REPS), 0
@@ -200,7 +254,7 @@ def time_group(cases: list[Case], device: torch.device, quick: bool) -> list[Res
     results = [Result(c, load=load) for c in cases]
     live = []  # [result, state, repetitions wanted]
     for r in results:
-        why = _skip_reason(r.case)
+        why = skip_reason(r.case)
         if why:
             r.status = f"skipped: {why}"
             continue
@@ -217,20 +271,24 @@ def time_group(cases: list[Case], device: torch.device, quick: bool) -> list[Res
         except Exception as exc:  # one failing provider must not end the run
             r.status = _error(exc)
     gc.collect()
+    # One buffer per group: allocating it per repetition would cost more. Not on CPU: there the write would
+    # add tens of ms to every repetition, and the CPU rows time warm-cache calls throughout.
+    flush_buffer = l2_flush_buffer(device) if device.type == "cuda" and live else None
+    flush = None if flush_buffer is None else (lambda: flush_l2(flush_buffer))
     gc.disable()  # a collection inside a repetition is noise, not the op's cost
     try:
         while live:
             for entry in list(live):
                 r, state, wanted = entry
                 try:
-                    r.times_ms.append(_one_rep(r.case, state, time_ms))
+                    r.times_ms.append(_one_rep(r.case, state, time_ms, before_each=flush))
                 except Exception as exc:
                     r.status, r.times_ms = _error(exc), []
                 if r.status != "ok" or len(r.times_ms) >= wanted:
                     live.remove(entry)
     finally:
         gc.enable()
-    del live
+    del live, flush, flush_buffer
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -464,38 +522,125 @@ def print_table(results: list[Result]) -> None:
 
 CSV_FIELDS = ("timestamp", "machine", "device", "threads", "torch", "regops", "quick", "load1", "op", "size",
               "provider", "mode", "status", "median_ms", "p20_ms", "p80_ms", "reps", "first_call_ms", "peak_mib",
-              "baseline", "speedup", "note")
+              "baseline", "speedup", "note", "size_value")
+# The layout before size_value: such files are upgraded in place (the column is derived from the labels).
+CSV_FIELDS_BEFORE_SIZE_VALUE = CSV_FIELDS[:-1]
 
 
 def _num(x: float, digits: int = 4):
     return "" if math.isnan(x) else round(x, digits)
 
 
-def write_csv(results: list[Result], path: Path, device: torch.device, quick: bool) -> Path:
-    import regops
+def _size_cell(value: Optional[float]):
+    if value is None:
+        return ""
+    return int(value) if float(value).is_integer() else value
 
+
+def csv_rows(results: list[Result], device: torch.device, quick: bool) -> list[dict]:
+    """One CSV row (column -> value) per result; every row of a run carries the same timestamp."""
+    stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    common = dict(timestamp=stamp, machine=machine_description(device), device=str(device),
+                  threads=torch.get_num_threads(), torch=torch.__version__, regops=regops.__version__, quick=int(quick))
+    rows = []
+    for r in results:
+        c = r.case
+        rows.append(dict(common, load1=_num(r.load, 2), op=c.op, size=c.size, provider=c.provider, mode=c.mode,
+                         status=r.status, median_ms=_num(r.median), p20_ms=_num(percentile(r.times_ms, 20)),
+                         p80_ms=_num(percentile(r.times_ms, 80)), reps=len(r.times_ms),
+                         first_call_ms=_num(r.first_ms), peak_mib=_num(r.peak_mib, 1),
+                         baseline=c.baseline or "", speedup=_num(r.speedup, 3), note=c.note,
+                         size_value=_size_cell(c.problem_size)))
+    return rows
+
+
+def _upgrade_csv_layout(path: Path) -> None:
+    """Rewrites a CSV of the layout before size_value with that column, derived from each row's size label."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        for row in rows:
+            w.writerow(dict(row, size_value=_size_cell(size_value_from_label(row["size"]))))
+    os.replace(tmp, path)  # all or nothing: an interrupted upgrade leaves the old file
+
+
+def write_csv(rows: list[dict], path: Path) -> Path:
+    """Appends the rows to the CSV at path; returns the file written (another one where path has a foreign layout)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         with open(path, newline="") as f:
             header = next(csv.reader(f), None)
-        if header and tuple(header) != CSV_FIELDS:  # an older layout: never mix columns in one file
+        if header and tuple(header) == CSV_FIELDS_BEFORE_SIZE_VALUE:
+            _upgrade_csv_layout(path)
+            print(f"upgraded {path}: a size_value column, derived from the size labels", flush=True)
+        elif header and tuple(header) != CSV_FIELDS:  # another layout: never mix columns in one file
             path = path.with_name(f"{path.stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}{path.suffix}")
     new = not path.exists()
-    stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    common = dict(timestamp=stamp, machine=machine_description(device), device=str(device),
-                  threads=torch.get_num_threads(), torch=torch.__version__, regops=regops.__version__, quick=int(quick))
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         if new:
             w.writeheader()
-        for r in results:
-            c = r.case
-            w.writerow(dict(common, load1=_num(r.load, 2), op=c.op, size=c.size, provider=c.provider, mode=c.mode,
-                            status=r.status, median_ms=_num(r.median), p20_ms=_num(percentile(r.times_ms, 20)),
-                            p80_ms=_num(percentile(r.times_ms, 80)), reps=len(r.times_ms),
-                            first_call_ms=_num(r.first_ms), peak_mib=_num(r.peak_mib, 1),
-                            baseline=c.baseline or "", speedup=_num(r.speedup, 3), note=c.note))
+        w.writerows(rows)
     return path
+
+
+# Columns the plots and the report read; older CSVs lack size_value only.
+CSV_COLUMNS_READ = ("timestamp", "machine", "device", "threads", "torch", "regops", "quick", "op", "size", "provider",
+                    "status", "median_ms", "peak_mib")
+
+
+def read_csv(path: Path) -> list[dict]:
+    """The rows of a bench CSV (column -> text); where size_value is absent or empty it is derived from the label."""
+    if not path.is_file():
+        sys.exit(f"regops bench: --from-csv: expected an existing CSV file, got {path}")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in CSV_COLUMNS_READ if c not in (reader.fieldnames or ())]
+        if missing:
+            sys.exit(f"regops bench: --from-csv: expected a regops bench CSV (columns {', '.join(CSV_COLUMNS_READ)}), "
+                     f"got {path} without {', '.join(missing)}")
+        rows = list(reader)
+    for row in rows:
+        if row.get("size_value") in (None, ""):
+            row["size_value"] = _size_cell(size_value_from_label(row["size"]))
+    return rows
+
+
+def row_number(row: dict, column: str) -> float:
+    """A numeric cell of a row, read from a CSV (text) or made by csv_rows (numbers); NaN where empty."""
+    value = row.get(column)
+    return math.nan if value in (None, "") else float(value)
+
+
+def _stamp_order(stamp: str):
+    try:
+        return datetime.datetime.fromisoformat(stamp).timestamp()  # offsets compared as instants
+    except ValueError:
+        return math.inf  # not ISO: written by hand, kept apart from the real runs' order
+
+
+def select_run(rows: list[dict], run: str = "latest") -> list[dict]:
+    """The rows of one run (write_csv stamps all rows of a run with one timestamp): "latest", a timestamp, or
+    "all": every run, the newest row of each (device, op, size, provider) kept, in their first order."""
+    if not rows:
+        return []
+    stamps = sorted({r["timestamp"] for r in rows}, key=_stamp_order)
+    if run == "latest":
+        return [r for r in rows if r["timestamp"] == stamps[-1]]
+    if run == "all":
+        newest = {}
+        for r in sorted(rows, key=lambda r: _stamp_order(r["timestamp"])):  # stable: file order within a run
+            newest[(r["device"], r["op"], r["size"], r["provider"])] = r
+        order = {}
+        for r in rows:
+            order.setdefault((r["device"], r["op"], r["size"], r["provider"]), len(order))
+        return sorted(newest.values(), key=lambda r: order[(r["device"], r["op"], r["size"], r["provider"])])
+    if run in stamps:
+        return [r for r in rows if r["timestamp"] == run]
+    sys.exit(f"regops bench: --run: expected latest, all or a timestamp of the CSV ({', '.join(stamps)}), got {run}")
 
 
 # ---------------------------------------------------------------------------------------------- entry points
@@ -523,9 +668,63 @@ def _case_line(r: Result, done: int, total: int) -> str:
     return f"  [{done}/{total}] {r.case.op} {r.case.size} {r.case.provider}: {summary}"
 
 
+def check_outputs(plot_dir: Optional[str], report: Optional[str]) -> None:
+    """Refuses --plot / --report that could not be written, before anything is timed."""
+    if plot_dir is not None:
+        from . import plot
+        plot.require_matplotlib()
+        plot.check_plot_dir(Path(plot_dir))
+    if report is not None:
+        from . import report as report_module
+        report_module.check_report_path(report)
+
+
+def render(rows: list[dict], plot_dir: Optional[str], report: Optional[str], command: str, source: str = "") -> None:
+    """The plots (--plot DIR) and the Markdown report (--report [PATH]) of the rows."""
+    if plot_dir is not None:
+        from . import plot
+        written = plot.plot_rows(rows, Path(plot_dir))
+        print(f"wrote {len(written)} plot(s) to {plot_dir}" + (f": {', '.join(p.name for p in written)}" if written
+                                                                else " (no row is ok)"), flush=True)
+    if report is not None:
+        from . import report as report_module
+        report_module.write_report(report_module.report_markdown(rows, command, source=source), report)
+
+
+def ops_filter(rows: list[dict], ops) -> list[dict]:
+    """The rows of the ops named (an op, or a bench module: --op orthonormal), as --op selects cases."""
+    if not ops:
+        return rows
+    of_modules = {c.op for m in case_modules() if module_stem(m) in ops or f"bench_{module_stem(m)}" in ops
+                  for c in m.cases(False, torch.device("cpu"))}
+    kept = [r for r in rows if r["op"] in ops or r["op"] in of_modules]
+    if not kept:
+        sys.exit(f"regops bench: --op: expected an op of the rows ({', '.join(dict.fromkeys(r['op'] for r in rows))}) "
+                 f"or its bench module, got {', '.join(ops)}")
+    return kept
+
+
+def from_csv_main(csv_path: str, run: str = "latest", ops=None, plot_dir: Optional[str] = None,
+                  report: Optional[str] = None, command: str = "") -> list[dict]:
+    """Plots and reports rows of an existing CSV, timing nothing; with neither --plot nor --report, the report
+    goes to stdout."""
+    check_outputs(plot_dir, report)
+    rows = read_csv(Path(csv_path))
+    if not rows:
+        sys.exit(f"regops bench: --from-csv: expected rows, got only a header in {csv_path}")
+    selected = ops_filter(select_run(rows, run), ops)
+    source = f"{csv_path}, --run {run}"  # the header names the runs' timestamps
+    if plot_dir is None and report is None:
+        report = "-"
+    render(selected, plot_dir, report, command, source=source)
+    return selected
+
+
 def main(quick: bool = False, ops=None, csv_path: Optional[str] = None, memory: bool = True,
-         device: str = "cpu") -> list[Result]:
+         device: str = "cpu", plot_dir: Optional[str] = None, report: Optional[str] = None,
+         command: str = "") -> list[Result]:
     device = resolve_device(device)
+    check_outputs(plot_dir, report)
     configure(device)
     cases = discover(quick, device, ops)
     if not cases:
@@ -552,8 +751,12 @@ def main(quick: bool = False, ops=None, csv_path: Optional[str] = None, memory: 
     print(f"\ndone in {time.perf_counter() - t0:.0f} s (timing {t_timing:.0f} s)\n")
     _warn_if_shared(device, own_load=torch.get_num_threads())
     print_table(results)
-    written = write_csv(results, Path(csv_path) if csv_path else default_csv_path(device), device, quick)
-    print(f"\nappended {len(results)} rows to {written}")
+    rows = csv_rows(results, device, quick)
+    written = write_csv(rows, Path(csv_path) if csv_path else default_csv_path(device))
+    print(f"\nappended {len(results)} rows to {written}", flush=True)
+    if plot_dir is not None or report is not None:
+        print()
+        render(rows, plot_dir, report, command, source=f"this run, appended to {written}")
     return results
 
 

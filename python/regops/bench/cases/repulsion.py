@@ -67,19 +67,20 @@ def cases(quick: bool, device: torch.device) -> list[Case]:
     shapes = resnet50_shapes()
     numel = sum(int(torch.Size(s).numel()) for s in shapes)
     size = f"resnet50:{len(shapes)}x{numel / 1e6:.2f}M,K={K}"
-    out = [Case("param_repulsion", size, "official", lambda: _setup(device), official,
+    # size_value: the label's numbers are not factors of the problem (resnet50, a count, M), so say its size.
+    out = [Case("param_repulsion", size, "official", lambda: _setup(device), official, size_value=numel,
                 predicted_bytes=4 * numel * (2 + K + 6), note="per-tensor MSE loop over K anchor models, autograd")]
     for impl in ["reference"] + (["cpu"] if device.type == "cpu" else ["cuda", "triton"]):
         ok, why = _registry.available("param_repulsion", impl, device)
         setup, run = fused(impl)
-        out.append(Case("param_repulsion", size, impl, lambda setup=setup: setup(device), run,
+        out.append(Case("param_repulsion", size, impl, lambda setup=setup: setup(device), run, size_value=numel,
                         predicted_bytes=4 * numel * (2 + K + 4), skip=None if ok else why))
 
     def copy_setup():
         src = torch.randn(numel, device=device)
         return src, torch.empty_like(src)
 
-    out.append(Case("param_repulsion", size, "bandwidth-bound", copy_setup, memory=False,
+    out.append(Case("param_repulsion", size, "bandwidth-bound", copy_setup, memory=False, size_value=numel,
                     parts=((20 / 8, lambda s: s[1].copy_(s[0])),),
                     note="2.5 × time(copy of N floats): 20 B/element at the measured copy bandwidth"))
     return out
