@@ -17,7 +17,7 @@ PYTEST_FLAGS ?= -q -ra --durations=20 --timeout=900
 export MAX_JOBS ?= 2
 
 DIST := dist
-.PHONY: test bench build test-cpu test-cmake wheels verify-wheel-cuda verify-wheels gpu-check clean
+.PHONY: test bench build test-cpu test-cmake sanitize wheels verify-wheel-cuda verify-wheels gpu-check clean
 
 $(VENV)/.deps:
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,15 @@ test-cmake: $(VENV_CPU)/.deps
 	  $(CMAKE_ARGS)
 	cmake --build build-cmake -j $(MAX_JOBS)
 	REGOPS_OPS_LIBRARY=$(CURDIR)/build-cmake/libregops_ops.so $(VENV_CPU)/bin/python -m pytest $(PYTEST_FLAGS) -m smoke tests
+
+# The CPU kernels built with ASan + UBSan (CMake, against .venv-cpu's libtorch), the tests that run them under
+# the sanitizers (scripts/sanitize.sh preloads the runtimes into Python and fails on any report).
+SANITIZE_TESTS ?= tests/test_schemas.py tests/test_edge_values.py
+sanitize: $(VENV_CPU)/.deps
+	cmake -S . -B build-sanitize -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DREGOPS_SANITIZE=address,undefined \
+	  -DCMAKE_PREFIX_PATH="$$($(VENV_CPU)/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+	cmake --build build-sanitize -j $(MAX_JOBS)
+	bash scripts/sanitize.sh $(VENV_CPU)/bin/python -m pytest $(PYTEST_FLAGS) -p no:cacheprovider -k "not triton and not cuda" $(SANITIZE_TESTS)
 
 gpu-check:
 	bash scripts/gpu_check.sh

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared run on the GPU test machine (torch 2.11+cu130, Python 3.12, no internet; pytest,
 # hypothesis and ninja are in its image): build for sm_90, run the CUDA tests, record the kernels that
-# passed in python/regops/gpu_validated.txt, run the GPU bench. Target: under 8 minutes.
+# passed in python/regops/gpu_validated.txt, run the GPU bench (its Markdown report, REPORT_cuda.md, is the
+# README's GPU table). Target: under 8 minutes.
 # Through the device tool:  run(command="bash scripts/gpu_check.sh", timeout_s=540)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +34,7 @@ if [ -f "$OUT/gpu_validated.txt" ]; then
 fi
 
 stage "GPU bench"
-timeout 300 $PY -m regops bench --device cuda --quick --no-memory --csv "$OUT/bench_cuda.csv" 2>&1 | tee "$OUT/bench.log" | tail -60
+timeout 300 $PY -m regops bench --device cuda --quick --no-memory --csv "$OUT/bench_cuda.csv" --report "$OUT/REPORT_cuda.md" 2>&1 | tee "$OUT/bench.log" | tail -60
 
 stage "done (tests rc=$tests_rc)"
 exit "$tests_rc"
