@@ -1,7 +1,9 @@
 # make test   : sets up .venv (torch 2.14.1, the CUDA build, so the CUDA code compiles and links), builds, runs pytest
 # make bench  : the same setup, then `python -m regops bench --quick`
 # make test-cpu   : the CPU-only wheel (REGOPS_NO_CUDA=1) against torch 2.13.0, verified in a fresh venv (smoke tests)
-# make test-cmake : the CMake build of the same csrc/ against .venv-cpu's libtorch, smoke tests on it
+# make test-cmake : the CMake build of the same csrc/ against .venv-cpu's libtorch, smoke tests on it (python/ from
+#                   the source tree, the ops from the CMake library)
+# make sanitize   : the CMake build with ASan + UBSan, the schema and edge-value tests under the sanitizers
 # make wheels     : the CUDA wheel (from make build's objects: a relink) and the CPU wheel, into dist/
 # make verify-wheel-cuda : the CUDA wheel, verified in a fresh venv (install, info, quick bench, smoke tests)
 SHELL := /bin/bash
@@ -61,16 +63,17 @@ test-cmake: $(VENV_CPU)/.deps
 	  -DCMAKE_PREFIX_PATH="$$($(VENV_CPU)/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
 	  $(CMAKE_ARGS)
 	cmake --build build-cmake -j $(MAX_JOBS)
-	REGOPS_OPS_LIBRARY=$(CURDIR)/build-cmake/libregops_ops.so $(VENV_CPU)/bin/python -m pytest $(PYTEST_FLAGS) -m smoke tests
+	PYTHONPATH=$(CURDIR)/python REGOPS_OPS_LIBRARY=$(CURDIR)/build-cmake/libregops_ops.so \
+	  $(VENV_CPU)/bin/python -m pytest $(PYTEST_FLAGS) -m smoke tests
 
 # The CPU kernels built with ASan + UBSan (CMake, against .venv-cpu's libtorch), the tests that run them under
 # the sanitizers (scripts/sanitize.sh preloads the runtimes into Python and fails on any report).
-SANITIZE_TESTS ?= tests/test_schemas.py tests/test_edge_values.py
+SANITIZE_TESTS ?= tests/test_schemas.py tests/test_edge_values.py tests/test_class_rows.py tests/test_contrastive_engine.py
 sanitize: $(VENV_CPU)/.deps
 	cmake -S . -B build-sanitize -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DREGOPS_SANITIZE=address,undefined \
 	  -DCMAKE_PREFIX_PATH="$$($(VENV_CPU)/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)')"
 	cmake --build build-sanitize -j $(MAX_JOBS)
-	bash scripts/sanitize.sh $(VENV_CPU)/bin/python -m pytest $(PYTEST_FLAGS) -p no:cacheprovider -k "not triton and not cuda" $(SANITIZE_TESTS)
+	PYTHONPATH=$(CURDIR)/python bash scripts/sanitize.sh $(VENV_CPU)/bin/python -m pytest $(PYTEST_FLAGS) -p no:cacheprovider -k "not triton and not cuda" $(SANITIZE_TESTS)
 
 gpu-check:
 	bash scripts/gpu_check.sh
