@@ -1,4 +1,5 @@
-"""Shared test setup: Triton interpreted on CPU-only machines, seeds, the hypothesis profile, impl lists."""
+"""Shared test setup: Triton interpreted on CPU-only machines, seeds, the hypothesis profiles, impl lists, the GPU
+validation record and its per-kernel summary (scripts/gpu_check.sh)."""
 import os
 
 import torch
@@ -13,7 +14,9 @@ import regops  # noqa: E402,F401
 from regops import _registry  # noqa: E402
 
 settings.register_profile("regops", derandomize=True, deadline=None, max_examples=25, print_blob=True)
-settings.load_profile("regops")
+# The GPU check's quick tier (scripts/gpu_check.sh sets REGOPS_GPU_TIER=quick): fewer examples per property test.
+settings.register_profile("gpu_quick", parent=settings.get_profile("regops"), max_examples=5)
+settings.load_profile("gpu_quick" if os.environ.get("REGOPS_GPU_TIER") == "quick" else "regops")
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -77,13 +80,34 @@ def free_port() -> int:
 
 # ---- GPU validation record (scripts/gpu_check.sh) ----
 # A CUDA test marked @pytest.mark.gpu_validates("op", ...) and parametrized by `impl` vouches for those
-# (op, impl) pairs. With REGOPS_GPU_VALIDATED_OUT set, the pairs whose every such test passed (and none
-# failed or was skipped) are written there; impl=auto on CUDA picks only those.
-_gpu_results = {}
+# (op, impl) pairs. With REGOPS_GPU_VALIDATED_OUT set, the pairs whose every selected such test passed are written
+# there (a failure, a skip, or a selected test that never ran, as in an interrupted session, keeps a pair out);
+# impl=auto on CUDA picks only those. With REGOPS_GPU_SUMMARY=1 the terminal summary has one line per registry
+# (op, impl) of GPU_IMPLS. Tests marked gpu_quick form the GPU check's default tier (tests/test_gpu_tiers.py
+# checks that it holds a vouching test for every such pair).
+GPU_IMPLS = ("cuda", "triton")
+_gpu_selected = {}  # (op, impl) -> nodeids of the selected tests that vouch for it, in collection order
+_gpu_outcomes = {}  # (op, impl) -> {nodeid: (outcome, detail)}, outcome "passed", "failed" or "skipped"
+
+
+def gpu_kernel_pairs() -> list:
+    """Every (op, impl) with impl in GPU_IMPLS that the registry lists: the kernels a GPU check vouches for."""
+    return [(name, impl) for name, spec in _registry.OPS.items() for impl in spec.impls() if impl in GPU_IMPLS]
+
+
+def _vouches(item) -> list:
+    """The (op, impl) pairs the test `item` vouches for: none without gpu_validates or an `impl` parameter."""
+    marker = item.get_closest_marker("gpu_validates")
+    callspec = getattr(item, "callspec", None)
+    if marker is None or callspec is None or "impl" not in callspec.params:
+        return []
+    return [(op, callspec.params["impl"]) for op in marker.args]
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu_validates(*ops): the (op, impl) pairs a CUDA test vouches for")
+    config.addinivalue_line("markers", "gpu_quick: the GPU check's default tier (scripts/gpu_check.sh): a "
+                                       "representative subset with a test of every CUDA and Triton kernel")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -95,26 +119,76 @@ def pytest_collection_modifyitems(config, items):
             raise pytest.UsageError(f"{item.nodeid}: gpu_validates names ops missing from regops._registry.OPS: {unknown}")
 
 
+def pytest_collection_finish(session):
+    # session.items is the final selection (after -m and -k): what a pair's validation waits for
+    for item in session.items:
+        for key in _vouches(item):
+            _gpu_selected.setdefault(key, []).append(item.nodeid)
+
+
 def pytest_runtest_makereport(item, call):
-    marker = item.get_closest_marker("gpu_validates")
-    callspec = getattr(item, "callspec", None)
-    if marker is None or callspec is None or "impl" not in callspec.params:
+    pairs = _vouches(item)
+    if not pairs:
         return
-    if call.when == "call" or (call.when == "setup" and call.excinfo is not None):
-        ok = call.excinfo is None
-        for op in marker.args:
-            key = (op, callspec.params["impl"])
-            _gpu_results[key] = _gpu_results.get(key, True) and ok
+    if call.excinfo is None:
+        if call.when != "call":
+            return
+        outcome = ("passed", "")
+    elif call.excinfo.errisinstance(pytest.skip.Exception):
+        outcome = ("skipped", getattr(call.excinfo.value, "msg", "") or str(call.excinfo.value))
+    else:
+        outcome = ("failed", call.when)
+    for key in pairs:
+        results = _gpu_outcomes.setdefault(key, {})
+        if results.get(item.nodeid, ("passed",))[0] == "passed":  # an error in teardown undoes a pass
+            results[item.nodeid] = outcome
+
+
+def gpu_pair_status(key) -> tuple:
+    """(status, detail) of one (op, impl) in this session: "passed" only when every selected test that vouches for
+    it passed; else "failed", "skipped" or "not run" (no selected test, or some never ran)."""
+    selected = _gpu_selected.get(key, [])
+    results = _gpu_outcomes.get(key, {})
+    total = len(set(selected) | set(results))
+    if total == 0:
+        return "not run", "no selected test vouches for it"
+    failed = [nodeid for nodeid, (outcome, _) in results.items() if outcome == "failed"]
+    if failed:
+        return "failed", f"{len(failed)} of {total}: {failed[0]}"
+    skipped = [why for outcome, why in results.values() if outcome == "skipped"]
+    if skipped:
+        return "skipped", f"{len(skipped)} of {total}: {skipped[0]}"
+    missing = [nodeid for nodeid in selected if nodeid not in results]
+    if missing:
+        return "not run", f"{len(missing)} of {total} did not run, e.g. {missing[0]}"
+    return "passed", f"{total} test" + ("s" if total > 1 else "")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if os.environ.get("REGOPS_GPU_SUMMARY") != "1":
+        return
+    tr = terminalreporter
+    tr.write_sep("=", "GPU kernels: one line per registry (op, impl)")
+    counts = {}
+    for op, impl in gpu_kernel_pairs():
+        status, detail = gpu_pair_status((op, impl))
+        counts[status] = counts.get(status, 0) + 1
+        tr.write_line(f"kernel {op} {impl}: {status} ({detail})")  # scripts/gpu_check.sh greps "^kernel "
+    tr.write_line("kernels: " + ", ".join(f"{counts[s]} {s}" for s in ("passed", "failed", "skipped", "not run")
+                                          if s in counts))
 
 
 def pytest_sessionfinish(session, exitstatus):
     out = os.environ.get("REGOPS_GPU_VALIDATED_OUT")
     if not out:
         return
+    keys = sorted(set(_gpu_selected) | set(_gpu_outcomes))
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    tier = os.environ.get("REGOPS_GPU_TIER", "all selected tests")
     lines = ["# op impl pairs that passed their tests on a real GPU; written by scripts/gpu_check.sh.",
              "# On CUDA tensors, impl=auto picks a CUDA or Triton kernel only when it is listed here.",
-             f"# device: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}, torch {torch.__version__}"]
-    lines += [f"{op} {impl}" for (op, impl), ok in sorted(_gpu_results.items()) if ok]
+             f"# device: {device}, torch {torch.__version__}, tier: {tier}"]
+    lines += [f"{op} {impl}" for op, impl in keys if gpu_pair_status((op, impl))[0] == "passed"]
     with open(out, "w") as f:
         f.write("\n".join(lines) + "\n")
 
