@@ -17,7 +17,7 @@ def _schema(impl, role):
 
 
 @gpu_test(OPS, ["cuda", "triton"])
-@pytest.mark.parametrize("C", [1, 2, 1001, 32000])
+@pytest.mark.parametrize("C", [1, 2, pytest.param(1001, marks=pytest.mark.gpu_quick), 32000])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_ops_match_reference(impl, C, dtype):
     for op in OPS:
@@ -38,7 +38,7 @@ def test_ops_match_reference(impl, C, dtype):
 
 
 @gpu_test(OPS, ["cuda", "triton"])
-@pytest.mark.parametrize("C", [7, 4099])
+@pytest.mark.parametrize("C", [pytest.param(7, marks=pytest.mark.gpu_quick), 4099])
 def test_rows_bfloat16_error_rule(impl, C):
     for op in OPS:
         need(op, impl)

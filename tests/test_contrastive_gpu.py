@@ -100,7 +100,7 @@ def test_supcon_matches_reference(impl, dtype, n, d, focal):
 
 
 @contrastive_gpu_test
-@pytest.mark.parametrize("tau", [0.01, 0.07, 1.0])
+@pytest.mark.parametrize("tau", [0.01, pytest.param(0.07, marks=pytest.mark.gpu_quick), 1.0])
 def test_temperatures_and_degenerate_labels(impl, tau):
     """Large exponents (τ = 0.01), a single class (every pair positive) and all-distinct classes (none)."""
     need(OP, impl)
@@ -123,7 +123,8 @@ def ops_for(impl):
 @contrastive_gpu_test
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("kind", [_contrastive.CONR_AGEDB, _contrastive.CONR_NYUD2, _contrastive.SUPCON, _contrastive.FOCAL])
-@pytest.mark.parametrize("n,m,offset,d,L", [(1, 1, 0, 1, 1), (2, 3, 1, 1, 3), (3, 12, 9, 5, 1), (127, 381, 127, 64, 3),
+@pytest.mark.parametrize("n,m,offset,d,L", [(1, 1, 0, 1, 1), (2, 3, 1, 1, 3), (3, 12, 9, 5, 1),
+                                            pytest.param(127, 381, 127, 64, 3, marks=pytest.mark.gpu_quick),
                                             (70, 1000, 900, 300, 1), (64, 129, 65, 33, 1)])
 def test_rectangular_ops_match_reference(impl, dtype, kind, n, m, offset, d, L):
     """Anchors are candidates[offset : offset + n], as on rank offset / n; values, |P| and both gradients."""

@@ -69,7 +69,7 @@ def apply_(out, a, b, lam, seed):
 @pytest.mark.gpu_validates("graddrop_")
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("lam", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("lam", [0.0, pytest.param(0.3, marks=pytest.mark.gpu_quick), 1.0])
 def test_apply_matches_reference(impl, dtype, lam):
     need(OP, impl)
     g = gen(1)
@@ -88,7 +88,7 @@ def test_apply_matches_reference(impl, dtype, lam):
 
 @pytest.mark.gpu_validates("graddrop_")
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("seed", [0, -5, 2**63 - 1])
+@pytest.mark.parametrize("seed", [pytest.param(0, marks=pytest.mark.gpu_quick), -5, 2**63 - 1])
 def test_apply_mixed_list_in_place(impl, seed):
     """~30 odd-shaped tensors of all three dtypes; out is grads_task (in place); a misaligned contiguous view (no
     vector access) and a transposed (non-contiguous) grads_reg."""
@@ -222,10 +222,10 @@ def test_apply_matches_cpu_kernel(impl):
         assert_bits(o.cpu(), e)
 
 
-@pytest.mark.gpu_validates("graddrop_")
+@pytest.mark.gpu_validates("graddrop_", "graddrop_keep_prob")
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(0,), (5,), (37, 51), (4097,)])
+@pytest.mark.parametrize("shape", [(0,), (5,), pytest.param((37, 51), marks=pytest.mark.gpu_quick), (4097,)])
 def test_keep_prob(impl, dtype, shape):
     need(OP, impl)
     a, b = grads(shape, dtype, gen(6))
@@ -285,7 +285,7 @@ def test_apply_errors(impl):
         apply_(out, a, b, 1.5, 0)
 
 
-@pytest.mark.gpu_validates("graddrop_")
+@pytest.mark.gpu_validates("graddrop_", "graddrop_keep_prob")
 @pytest.mark.parametrize("impl", IMPLS)
 def test_keep_prob_errors(impl):
     need(OP, impl)
@@ -377,7 +377,8 @@ def test_philox_known_answers(impl):
     assert torch.equal(tg.philox_words(rnd.cuda()).cpu(), exp)
 
 
-@pytest.mark.gpu_validates("graddrop_")
+@pytest.mark.gpu_quick
+@pytest.mark.gpu_validates("graddrop_", "graddrop_keep_prob")
 @pytest.mark.parametrize("impl", T_IMPLS)
 @pytest.mark.parametrize("dtype", T_DTYPES, ids=DTYPE_IDS)
 def test_keep_prob_matches_reference(impl, dtype):
@@ -389,7 +390,7 @@ def test_keep_prob_matches_reference(impl, dtype):
         assert_same_bits(got, ref.keep_prob(a.cpu(), b.cpu()).to(dtype))
 
 
-@pytest.mark.gpu_validates("graddrop_")
+@pytest.mark.gpu_validates("graddrop_", "graddrop_keep_prob")
 @pytest.mark.parametrize("impl", T_IMPLS)
 @pytest.mark.parametrize("dtype", T_DTYPES, ids=DTYPE_IDS)
 def test_special_values(impl, dtype):
@@ -412,7 +413,7 @@ def test_special_values(impl, dtype):
 @pytest.mark.gpu_validates("graddrop_")
 @pytest.mark.parametrize("impl", T_IMPLS)
 @pytest.mark.parametrize("dtype", T_DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("lam", LAMS)
+@pytest.mark.parametrize("lam", [0.0, pytest.param(0.3, marks=pytest.mark.gpu_quick), 1.0])
 def test_triton_apply_matches_reference(impl, dtype, lam):
     need(OP, impl)
     seed = 12345678901
@@ -429,7 +430,7 @@ def test_triton_apply_matches_reference(impl, dtype, lam):
 
 @pytest.mark.gpu_validates("graddrop_")
 @pytest.mark.parametrize("impl", T_IMPLS)
-@pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
+@pytest.mark.parametrize("inplace", [False, pytest.param(True, marks=pytest.mark.gpu_quick)], ids=["out", "inplace"])
 def test_apply_mixed_list(impl, inplace):
     """The three dtypes mixed over odd sizes, 2-D and empty tensors, a 4-byte-aligned view (the unaligned
     variant) and a transposed input; out[t] is grads_task[t] when inplace (the transposed one excepted)."""

@@ -1,6 +1,6 @@
 """P²OT's fused scaling pass on a GPU: the CUDA kernel (torch.ops.regops.p2ot_scaling_pass) and the Triton one
-(..._triton, float32 only) against the formula in float64, on CUDA tensors; and regops.p2ot_plan with each impl
-against impl="reference". Skips without a CUDA device.
+(..._triton, float32 only) against the formula in float64, on CUDA tensors; and regops.p2ot_plan and
+regops.sp2ot_plan with each impl against impl="reference". Skips without a CUDA device.
 
 A test marked gpu_validates and parametrized by `impl` vouches for those (op, impl) pairs (conftest.py,
 scripts/gpu_check.sh): it must not skip except when the impl cannot run at all."""
@@ -28,8 +28,8 @@ IMPL_DTYPES = [("cuda", torch.float32), ("cuda", torch.float64), ("triton", torc
 IDS = ["cuda-fp32", "cuda-fp64", "triton-fp32"]
 # P²OT's range (N ~ 5k-100k rows, Kc ~ 100-1001 columns), odd sizes, every column width class of the CUDA kernel
 # (≤ 32·{1, 2, 4, 8, 16, 32} columns), and Kc > 1024 (the chunked fallbacks).
-SHAPES = [(1, 1), (3, 2), (37, 17), (300, 101), (65, 513), (4097, 33), (5000, 100), (777, 1023), (20000, 1001),
-          (1000, 1025), (33, 2500)]
+SHAPES = [(1, 1), (3, 2), (37, 17), pytest.param(300, 101, marks=pytest.mark.gpu_quick), (65, 513), (4097, 33),
+          (5000, 100), (777, 1023), (20000, 1001), pytest.param(1000, 1025, marks=pytest.mark.gpu_quick), (33, 2500)]
 
 
 
@@ -177,6 +177,7 @@ def test_plan_small_matches_reference(impl):
     assert math.isclose(float(got.sum()), 0.6, rel_tol=1e-4)  # N·ρ
 
 
+@pytest.mark.gpu_quick
 @pytest.mark.gpu_validates("p2ot_plan")
 @pytest.mark.parametrize("impl", ["cuda", "triton"])
 def test_plan_random_matches_reference(impl):
@@ -215,3 +216,23 @@ def test_plan_confident_logits_match_reference(impl, kind, scale, k):
     got, state = p2ot_plan(logits, 0.3, impl=impl, **kw)
     assert state.converged and torch.isfinite(got).all()
     torch.testing.assert_close(got, exp, rtol=2e-4, atol=2e-6)
+
+
+@pytest.mark.gpu_quick
+@pytest.mark.gpu_validates("sp2ot_plan")
+@pytest.mark.parametrize("impl", ["cuda", "triton"])
+def test_sp2ot_plan_matches_reference(impl):
+    """SP²OT's majorize-minimize steps, each a P²OT solve of the impl's scaling pass, with a sparse top-k similarity
+    and its dense form, against impl="reference" on the same CUDA tensors (test_p2ot.py's CPU check and tolerance)."""
+    need("sp2ot_plan", impl)
+    g = torch.Generator(device="cuda").manual_seed(4)
+    logits = 5 * torch.randn(80, 6, device="cuda", generator=g)
+    S = regops.topk_gaussian_similarity(torch.randn(80, 16, device="cuda", generator=g), k=10)
+    kw = dict(lam=0.5, tol=1e-9, max_iter=20000, mm_iters=10)  # at most 10 solves, so a slow one stays short
+    want, _ = regops.sp2ot_plan(logits, 0.4, S, impl="reference", **kw)
+    got, _ = regops.sp2ot_plan(logits, 0.4, S, impl=impl, **kw)
+    assert got.is_cuda and got.shape == (80, 6)
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5)
+    assert got.sum().item() == pytest.approx(80 * 0.4, rel=1e-4)
+    dense, _ = regops.sp2ot_plan(logits, 0.4, S.to_dense(), impl=impl, **kw)
+    torch.testing.assert_close(dense, got, rtol=1e-4, atol=1e-6)

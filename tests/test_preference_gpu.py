@@ -41,6 +41,7 @@ def _calls(h, w, y, rh, rw, seg, impl):
 
 
 @gpu_test(OPS, ["cuda", "triton"])
+@pytest.mark.gpu_quick
 def test_ops_match_reference_float32(impl):
     for op in OPS:
         need(op, impl)
@@ -53,6 +54,7 @@ def test_ops_match_reference_float32(impl):
 
 
 @gpu_test(OPS, ["cuda", "triton"])
+@pytest.mark.gpu_quick
 def test_ops_bfloat16_error_rule(impl):
     for op in OPS:
         need(op, impl)

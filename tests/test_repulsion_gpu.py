@@ -43,7 +43,7 @@ def _ref(params, sets, kind):
 @gpu_test([OP], IMPLS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("kind", ["inverse", "exp", "neg_l2"])
-@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("k", [1, pytest.param(3, marks=pytest.mark.gpu_quick)])
 def test_matches_reference(impl, dtype, kind, k):
     need(OP, impl)
     params, sets = _lists(dtype, k)

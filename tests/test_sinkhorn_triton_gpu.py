@@ -23,8 +23,11 @@ COST_IDS = ["sqeuclidean", "euclidean", "cosine"]
 NEG_INF = float("-inf")
 # (B, N, M, d): the CPU test's odd sizes, plus full tiles over many programs; the gradient also takes
 # d > BLOCK_D = 64 (several output chunks). Few shapes: each compiles its own kernels (~0.5 s each).
-SHAPES = [(1, 1, 3, 2), (3, 37, 200, 17), (2, 1000, 777, 64)]
+SHAPES = [(1, 1, 3, 2), pytest.param((3, 37, 200, 17), marks=pytest.mark.gpu_quick), (2, 1000, 777, 64)]
 GRAD_SHAPES = SHAPES + [(1, 300, 129, 130)]
+# test_apply's (shape, k): k = 70 is two BLOCK_D chunks
+APPLY_CASES = [((1, 1, 3, 2), 1), pytest.param((3, 37, 200, 17), 5, marks=pytest.mark.gpu_quick),
+               ((2, 1000, 777, 64), 70)]
 EPS = [1e-3, 0.1, 10.0]
 
 if _loader.triton_available():
@@ -143,6 +146,7 @@ def test_update(impl, cost, shape, ieee):
 
 
 @pytest.mark.gpu_validates("ot.sinkhorn", "ot.sinkhorn_from_cost", "ot.sinkhorn_divergence", "monge_gap")
+@pytest.mark.gpu_quick
 @pytest.mark.parametrize("impl", IMPLS)
 def test_update_mixed_eps_offset_and_empty(impl, ieee):
     need(OP, impl)
@@ -162,7 +166,7 @@ def test_update_mixed_eps_offset_and_empty(impl, ieee):
 
 @pytest.mark.gpu_validates("ot.sinkhorn", "ot.sinkhorn_from_cost", "ot.sinkhorn_divergence", "monge_gap")
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("layout", ["contiguous", "transposed", "sliced"])
+@pytest.mark.parametrize("layout", [pytest.param("contiguous", marks=pytest.mark.gpu_quick), "transposed", "sliced"])
 @pytest.mark.parametrize("transpose", [False, True])
 def test_update_dense(impl, transpose, layout, ieee):
     need(OP, impl)
@@ -218,7 +222,7 @@ def test_cost_grad_euclidean_coincident(impl, d, ieee):
 
 @pytest.mark.gpu_validates("ot.sinkhorn", "ot.sinkhorn_from_cost", "ot.sinkhorn_divergence", "monge_gap")
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("shape,k", list(zip(SHAPES, [1, 5, 70])), ids=str)  # k = 70: two BLOCK_D chunks
+@pytest.mark.parametrize("shape,k", APPLY_CASES, ids=str)
 @pytest.mark.parametrize("cost", COSTS, ids=COST_IDS)
 def test_apply(impl, cost, shape, k, ieee):
     need(OP, impl)

@@ -185,7 +185,7 @@ def test_strided_inputs_zero_matrix_and_many_matrices(impl):
 
 @gpu_test([OP], IMPLS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-@pytest.mark.parametrize("n_iter", [1, 3])
+@pytest.mark.parametrize("n_iter", [pytest.param(1, marks=pytest.mark.gpu_quick), 3])
 def test_public_op_matches_reference(impl, dtype, n_iter):
     need(OP, impl)
     g = torch.Generator(device="cuda").manual_seed(3)
