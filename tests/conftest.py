@@ -104,10 +104,19 @@ def _vouches(item) -> list:
     return [(op, callspec.params["impl"]) for op in marker.args]
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu_validates(*ops): the (op, impl) pairs a CUDA test vouches for")
     config.addinivalue_line("markers", "gpu_quick: the GPU check's default tier (scripts/gpu_check.sh): a "
                                        "representative subset with a test of every CUDA and Triton kernel")
+    if os.environ.get("REGOPS_GPU_SUMMARY") == "1":
+        # gpu_check.sh ends a session that runs past its time with SIGTERM (SIGINT may be ignored where it runs):
+        # stop as on Ctrl-C, so the summary and gpu_validated.txt are still written, the rest counted as not run
+        import signal
+        signal.signal(signal.SIGTERM, _interrupt)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -329,7 +329,14 @@ def test_fail(impl):
 
 @pytest.mark.gpu_validates("graddrop_")
 @pytest.mark.parametrize("impl", ["cuda"])
-def test_after_the_failure(impl):
+def test_interrupted(impl):
+    import os, signal, time
+    os.kill(os.getpid(), signal.SIGTERM)  # as gpu_check.sh's timeout does
+    time.sleep(30)
+
+@pytest.mark.gpu_validates("graddrop_keep_prob")
+@pytest.mark.parametrize("impl", ["cuda"])
+def test_after_the_interruption(impl):
     pass
 
 @pytest.mark.gpu_validates("p2ot_plan")
@@ -340,17 +347,18 @@ def test_deselected(impl):
 
 
 def test_record_and_summary_per_kernel(tmp_path):
-    """conftest's GPU record on CPU-only sample tests (the record does not look at devices): -x stops the session at
-    the failure, -k deselects one test; every status of the summary, and only the passing pairs written."""
+    """conftest's GPU record on CPU-only sample tests (the record does not look at devices): a SIGTERM stops the
+    session as gpu_check.sh's time limit does, -k deselects one test; every status of the summary, and only the
+    passing pairs written."""
     (tmp_path / "conftest.py").write_text((TESTS / "conftest.py").read_text())
     (tmp_path / "test_sample.py").write_text(RECORD_SAMPLE)
     out = tmp_path / "gpu_validated.txt"
     python_dir = str(Path(regops.__file__).resolve().parents[1])  # the regops this session imports
     env = dict(os.environ, REGOPS_GPU_SUMMARY="1", REGOPS_GPU_VALIDATED_OUT=str(out), REGOPS_GPU_TIER="quick",
                PYTHONPATH=os.pathsep.join([python_dir, os.environ.get("PYTHONPATH", "")]))
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "not deselected",
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not deselected",
                           "test_sample.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.returncode == pytest.ExitCode.INTERRUPTED, run.stdout[-3000:] + run.stderr[-3000:]
     lines = {line.split(":", 1)[0][len("kernel "):]: line.split(": ", 1)[1]
              for line in run.stdout.splitlines() if line.startswith("kernel ")}
     assert len(lines) == len(gpu_kernel_pairs())
@@ -358,7 +366,8 @@ def test_record_and_summary_per_kernel(tmp_path):
     assert lines["supcon_loss triton"] == "passed (1 test)"
     assert lines["conr_loss triton"] == "skipped (1 of 2: no triton here)"
     assert lines["supcon_loss cuda"] == "failed (1 of 2: test_sample.py::test_fail[cuda])"
-    assert lines["graddrop_ cuda"].startswith("not run (1 of 1 did not run, e.g. test_sample.py::test_after_the")
+    assert lines["graddrop_ cuda"] == "not run (1 of 1 did not run, e.g. test_sample.py::test_interrupted[cuda])"
+    assert lines["graddrop_keep_prob cuda"].startswith("not run (1 of 1 did not run")
     assert lines["p2ot_plan cuda"] == "not run (no selected test vouches for it)"
     assert [line for line in out.read_text().splitlines() if not line.startswith("#")] == \
         ["conr_loss cuda", "supcon_loss triton"]
