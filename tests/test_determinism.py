@@ -72,3 +72,22 @@ def test_blas_path_agrees_across_thread_counts_to_float32_tolerance():
     for a, b, c in zip(one, two, again):
         assert torch.equal(b, c)  # run to run with the same thread count: bitwise
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("op", BITWISE)
+def test_deterministic_algorithms_mode_runs_the_same_kernels(op):
+    """No regops kernel has a nondeterministic variant: the only atomics in CUDA and Triton code are the integer
+    non-finite counts of graddrop_, which are exact. So torch.use_deterministic_algorithms(True) changes nothing:
+    the same calls run, with bitwise the same results."""
+    if "cpu" not in cpu_impls(op):
+        pytest.skip(f"{op}: no CPU kernel in this build")
+    fn = BITWISE[op]
+    want = fn(11)
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        got = fn(11)
+    finally:
+        torch.use_deterministic_algorithms(before)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
