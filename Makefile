@@ -19,7 +19,7 @@ PYTEST_FLAGS ?= -q -ra --durations=20 --timeout=900
 export MAX_JOBS ?= 2
 
 DIST := dist
-.PHONY: test bench build test-cpu test-cmake sanitize wheels verify-wheel-cuda verify-wheels gpu-check clean
+.PHONY: test bench build fuzz test-cpu test-cmake sanitize wheels verify-wheel-cuda verify-wheels gpu-check clean
 
 $(VENV)/.deps:
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ build: $(VENV)/.deps
 test: build
 	$(VENV)/bin/python -m regops info
 	$(VENV)/bin/python -m pytest $(PYTEST_FLAGS) tests
+
+# Hypothesis exploring: a random seed and 400 examples per property (tests/conftest.py's "fuzz" profile); failures
+# are saved to tests/hypothesis-examples/, which every later run (CI too) replays. Commit them with their fix.
+fuzz: build
+	REGOPS_HYPOTHESIS_PROFILE=fuzz $(VENV)/bin/python -m pytest $(PYTEST_FLAGS) -o addopts="" -m hypothesis tests
 
 bench: build
 	$(VENV)/bin/python -m regops bench --quick

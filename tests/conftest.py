@@ -7,16 +7,28 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must be set before triton is imported
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
+from hypothesis.database import DirectoryBasedExampleDatabase, ReadOnlyDatabase  # noqa: E402
 
 import regops  # noqa: E402,F401
 from regops import _registry  # noqa: E402
 
-settings.register_profile("regops", derandomize=True, deadline=None, max_examples=25, print_blob=True)
+# Fuzzing (hypothesis): every run generates the same examples, because pyproject's addopts pass
+# --hypothesis-seed=0. The committed example database (tests/hypothesis-examples/) replays, before those, the
+# failing examples that earlier runs found. Locally a new failure is saved there, so that it can be committed. CI
+# only reads it, so a CI run never changes what the next one tests.
+# `make fuzz` explores with a random seed and many more examples (profile "fuzz").
+EXAMPLES = DirectoryBasedExampleDatabase(Path(__file__).resolve().parent / "hypothesis-examples")
+settings.register_profile("regops", deadline=None, max_examples=25, print_blob=True,
+                          database=ReadOnlyDatabase(EXAMPLES) if os.environ.get("CI") else EXAMPLES)
+settings.register_profile("fuzz", parent=settings.get_profile("regops"), max_examples=400, database=EXAMPLES)
 # The GPU check's quick tier (scripts/gpu_check.sh sets REGOPS_GPU_TIER=quick): fewer examples per property test.
 settings.register_profile("gpu_quick", parent=settings.get_profile("regops"), max_examples=5)
-settings.load_profile("gpu_quick" if os.environ.get("REGOPS_GPU_TIER") == "quick" else "regops")
+settings.load_profile("gpu_quick" if os.environ.get("REGOPS_GPU_TIER") == "quick"
+                      else os.environ.get("REGOPS_HYPOTHESIS_PROFILE", "regops"))
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

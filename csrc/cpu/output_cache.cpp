@@ -2,6 +2,8 @@
 
 #include <c10/util/strides.h>
 
+#include <pthread.h>
+
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -23,8 +25,19 @@ struct Cache {
   }
 };
 
+Cache& cache();
+
+// fork() (DataLoader workers) copies only the forking thread: a lock another thread held at that moment would
+// stay locked in the child forever. Holding it across the fork makes the child's copy consistent and unlocked.
+void lock_before_fork() { cache().mu.lock(); }
+void unlock_after_fork() { cache().mu.unlock(); }
+
 Cache& cache() {
-  static Cache* c = new Cache();  // never destroyed: tensors may die after static destructors run
+  static Cache* c = [] {
+    Cache* fresh = new Cache();  // never destroyed: tensors may die after static destructors run
+    pthread_atfork(lock_before_fork, unlock_after_fork, unlock_after_fork);
+    return fresh;
+  }();
   return *c;
 }
 
