@@ -99,7 +99,7 @@ def _schedule(op, eps_schedule, target, diameter_cost):
     if eps_schedule is None:
         return (lambda it: target), 0
     if isinstance(eps_schedule, (tuple, list)) and len(eps_schedule) == 2:
-        # finite numbers (a string was float()'s bare error, an infinite init an OverflowError further down)
+        # finite numbers (a string was float()'s bare error, an infinite init log(0)'s math domain error below)
         init, decay = (_checks.number(op, "eps_schedule", v, what="(init > 0, decay in (0, 1])") for v in eps_schedule)
         if not (init > 0 and 0 < decay <= 1):
             _checks.fail(op, "eps_schedule", "(init > 0, decay in (0, 1])", repr(eps_schedule))
