@@ -25,6 +25,8 @@ def _check_targets(arg: str, t, n: int, features: torch.Tensor) -> torch.Tensor:
         _checks.fail(OP, arg, f"{n} rows (one per feature row)", f"shape {tuple(t.shape)}")
     if t.device != features.device:
         _checks.fail(OP, arg, f"device {features.device} (as features)", f"device {t.device}", RuntimeError)
+    if t.is_complex():  # the cast below would drop the imaginary part
+        _checks.fail(OP, arg, "real values", f"dtype {_checks.dtype_name(t.dtype)}", TypeError)
     if not t.is_floating_point():
         t = t.to(features.dtype if features.dtype in (torch.float32, torch.float64) else torch.float32)
     _checks.check_finite_eager(OP, arg, t)
@@ -52,6 +54,8 @@ def conr_loss(features, labels, preds, weights=None, *, temperature=None, thresh
             _checks.fail(OP, "weights", f"shape ({n},)", f"shape {tuple(weights.shape)}")
         if weights.device != features.device:
             _checks.fail(OP, "weights", f"device {features.device} (as features)", f"device {weights.device}", RuntimeError)
+        if weights.is_complex():  # was torch's "lt_cpu" not implemented for 'ComplexFloat'
+            _checks.fail(OP, "weights", "real weights", f"dtype {_checks.dtype_name(weights.dtype)}", TypeError)
         _checks.check_finite_eager(OP, "weights", weights)
     tau, omega, push_default = VARIANT_DEFAULTS[variant]
     temperature = tau if temperature is None else temperature

@@ -39,7 +39,11 @@ def graddrop_keep_prob(g_task: torch.Tensor, g_reg: torch.Tensor, *, impl=None) 
         _checks.check_tensor(op, arg, t, dtypes=DTYPES)
     if g_reg.shape != g_task.shape:
         _checks.fail(op, "g_reg", f"shape {tuple(g_task.shape)} (as g_task)", f"shape {tuple(g_reg.shape)}")
-    _checks.check_same(op, "grads", [g_task, g_reg])
+    if g_reg.device != g_task.device:
+        _checks.fail(op, "g_reg", f"device {g_task.device} (as g_task)", f"device {g_reg.device}", RuntimeError)
+    if g_reg.dtype != g_task.dtype:
+        _checks.fail(op, "g_reg", f"dtype {_checks.dtype_name(g_task.dtype)} (as g_task)",
+                     f"dtype {_checks.dtype_name(g_reg.dtype)}", TypeError)
     _checks.check_finite_eager(op, "g_task", g_task)
     _checks.check_finite_eager(op, "g_reg", g_reg)
     chosen = _registry.pick(op, impl, g_task, "g_task")
@@ -78,8 +82,7 @@ def graddrop_(params: Sequence[torch.Tensor], grads_task: Sequence[torch.Tensor]
     for arg, xs in (("grads_task", grads_task), ("grads_reg", grads_reg)):
         if len(xs) != n:
             _checks.fail(OP, arg, f"{n} tensors (one per param)", f"{len(xs)} tensors")
-    if not 0.0 <= float(lam) <= 1.0:
-        _checks.fail(OP, "lam", "a value in [0, 1]", repr(lam))
+    lam = _checks.number(OP, "lam", lam, low=0.0, high=1.0, what="a value in [0, 1]")
     _checks.check_choice(OP, "nonfinite", nonfinite, ("raise", "skip"))
     if n == 0:
         return True

@@ -186,10 +186,17 @@ def local_error_penalty(f: Callable, t, y: torch.Tensor, dt, *, solver: str = "t
 
     u, utilde, _ = _rk_step(op, f, t, y0, dt, solver, k1_no_grad=official)
     scale = atol + torch.maximum(y0.to(acc).abs(), u.to(acc).abs()) * rtol
-    ms = (utilde.to(acc) / scale).square().mean()
+    ratio = utilde.to(acc) / scale
+    # the RMS of ratio/unit times unit, unit a power of two near its largest entry: tiny tolerances make the ratios
+    # huge, and their squares would overflow (1e20² in float32); the scaling is exact, so where the unscaled squares
+    # stay finite the result is bit for bit theirs. unit is a constant of the gradient (the RMS is homogeneous).
+    peak = ratio.detach().abs().amax()
+    unit = torch.where((peak > 0) & (peak < float("inf")), torch.exp2(torch.floor(torch.log2(peak))),
+                       torch.ones_like(peak))
+    ms = (ratio / unit).square().mean()
     pos = ms > 0
     # sqrt with a zero subgradient at 0 (the double where keeps the unselected branch's gradient finite)
-    root = torch.where(pos, torch.where(pos, ms, torch.ones_like(ms)).sqrt(), torch.zeros_like(ms))
+    root = torch.where(pos, torch.where(pos, ms, torch.ones_like(ms)).sqrt(), torch.zeros_like(ms)) * unit
     return (dt.abs().to(acc) * root).to(y.dtype)
 
 

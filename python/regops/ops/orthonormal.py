@@ -55,26 +55,43 @@ if triton_available():
     )
 
 
-def penalty_rows(x: torch.Tensor, squared: bool, impl) -> torch.Tensor:
-    """Per-matrix penalty of X (L, p, q) on its rows, through the chosen impl. Returns (L,)."""
-    chosen = _registry.pick(OP, impl, x, "mats")
+def _check_penalties(op: str, arg: str, values: torch.Tensor) -> None:
+    # finite entries whose Gram overflows (1e20 in float32): the kernels' error, not inf or a NaN read as 0
+    bad = ~torch.isfinite(values.detach())
+    if bool(bad.any()):
+        _checks.fail(op, arg, "finite values", f"a non-finite penalty for matrix {int(bad.nonzero()[0])} "
+                     "(the input holds NaN/Inf or overflows)")
+
+
+def penalty_rows(x: torch.Tensor, squared: bool, impl, op: str = OP, arg: str = "mats") -> torch.Tensor:
+    """Per-matrix penalty of X (L, p, q) on its rows, through the chosen impl. Returns (L,). Errors name `op`'s
+    `arg` (the public op that called it)."""
+    chosen = _registry.pick(op, impl, x, arg)
     if chosen == "reference":
-        _checks.check_finite_eager(OP, "mats", x)
+        _checks.check_finite_eager(op, arg, x)
         values = reference.orthonormal_penalty_rows(x, squared)
         if not torch.compiler.is_compiling() and _checks.check_finite_enabled(x.device):
-            # finite entries whose Gram overflows (1e20 in float32): the kernels' error, not inf or a NaN read as 0
-            bad = ~torch.isfinite(values.detach())
-            if bool(bad.any()):
-                _checks.fail(OP, "mats", "finite values", f"a non-finite penalty for matrix {int(bad.nonzero()[0])} "
-                             "(the input holds NaN/Inf or overflows)")
+            _check_penalties(op, arg, values)
         return values
-    return _registry.kernel("orthonormal", chosen, "fwd")(x, squared)[0]
+    fwd = _registry.kernel("orthonormal", chosen, "fwd")
+    if torch.compiler.is_compiling():
+        return fwd(x, squared)[0]
+    try:
+        return fwd(x, squared)[0]
+    except ValueError as exc:
+        # the kernels' finiteness check names orthonormal_penalty's mats and no entry: say what the reference says
+        if "expected finite values" not in str(exc):
+            raise
+        _checks.check_finite_eager(op, arg, x)
+        with torch.no_grad():
+            _check_penalties(op, arg, reference.orthonormal_penalty_rows(x.detach(), squared))
+        raise
 
 
-def _check_matrix(arg: str, t) -> None:
-    _checks.check_tensor(OP, arg, t, dtypes=DTYPES)
+def _check_matrix(op: str, arg: str, t) -> None:
+    _checks.check_tensor(op, arg, t, dtypes=DTYPES)
     if any(s == 0 for s in t.shape):
-        _checks.fail(OP, arg, "matrices with no zero-size dimension", f"shape {tuple(t.shape)}")
+        _checks.fail(op, arg, "matrices with no zero-size dimension", f"shape {tuple(t.shape)}")
 
 
 def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -92,27 +109,32 @@ def orthonormal_penalty(mats, *, side: str, squared: bool = False, reduction: st
     """
     _checks.check_choice(OP, "side", side, ("rows", "cols"))
     _checks.check_choice(OP, "reduction", reduction, ("mean", "sum", "none"))
+    return penalty(OP, "mats", mats, side, squared, reduction, impl)
+
+
+def penalty(op: str, arg: str, mats, side: str, squared: bool, reduction: str, impl) -> torch.Tensor:
+    """orthonormal_penalty of `mats`, its errors naming `op`'s `arg` (sorsa_ortho_loss's As and Bs)."""
     if isinstance(mats, torch.Tensor):
-        _checks.check_tensor(OP, "mats", mats, ndims=(2, 3), dtypes=DTYPES)
-        _check_matrix("mats", mats)
+        _checks.check_tensor(op, arg, mats, ndims=(2, 3), dtypes=DTYPES)
+        _check_matrix(op, arg, mats)
         x = mats.unsqueeze(0) if mats.dim() == 2 else mats
-        values = penalty_rows(x if side == "rows" else x.transpose(1, 2), squared, impl)
+        values = penalty_rows(x if side == "rows" else x.transpose(1, 2), squared, impl, op, arg)
         return _reduce(values, reduction)
     if not isinstance(mats, (list, tuple)):
-        _checks.fail(OP, "mats", "a tensor or a list of 2-D tensors", type(mats).__name__, TypeError)
+        _checks.fail(op, arg, "a tensor or a list of 2-D tensors", type(mats).__name__, TypeError)
     if len(mats) == 0:
-        _checks.fail(OP, "mats", "at least one matrix", "an empty list")
+        _checks.fail(op, arg, "at least one matrix", "an empty list")
     for i, m in enumerate(mats):
-        _checks.check_tensor(OP, f"mats[{i}]", m, ndims=(2,), dtypes=DTYPES)
-        _check_matrix(f"mats[{i}]", m)
-    _checks.check_same(OP, "mats", list(mats))
+        _checks.check_tensor(op, f"{arg}[{i}]", m, ndims=(2,), dtypes=DTYPES)
+        _check_matrix(op, f"{arg}[{i}]", m)
+    _checks.check_same(op, arg, list(mats))
     groups = defaultdict(list)
     for i, m in enumerate(mats):
         groups[tuple(m.shape)].append(i)
     values = [None] * len(mats)
     for idx in groups.values():
         x = torch.stack([mats[i] for i in idx])
-        vals = penalty_rows(x if side == "rows" else x.transpose(1, 2), squared, impl)
+        vals = penalty_rows(x if side == "rows" else x.transpose(1, 2), squared, impl, op, arg)
         for k, i in enumerate(idx):
             values[i] = vals[k]
     return _reduce(torch.stack(values), reduction)

@@ -151,6 +151,8 @@ def preference_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: to
     beta = _checks.number(op, "beta", beta, low=0, low_open=True, what="a finite positive number")
     sft_weight = _checks.number(op, "sft_weight", sft_weight)
     _checks.check_choice(op, "reduction", reduction, ("mean", "sum", "none"))
+    if B == 0 and reduction == "mean":  # the mean of no pair is NaN
+        _checks.fail(op, names[0], "at least one pair for reduction='mean'", _checks.describe(policy_chosen_logps))
     acc = acc_dtype(policy_chosen_logps.dtype)
     eps = _label_smoothing(op, label_smoothing, B, policy_chosen_logps.device, acc)
     for name, t in zip(names, tensors):
@@ -234,8 +236,10 @@ def fused_linear_preference_loss(hidden: torch.Tensor, weight: torch.Tensor, tar
     chunk = _chunk(op, chunk_size, vocab, hidden.device)
     chosen = _registry.pick(op, impl, hidden, "hidden")
     if chosen == "reference":
-        return reference.fused_linear_preference(hidden, weight, targets, ref_logps, ref_hidden, ref_weight, beta,
-                                                 sft_weight, sft_reduction, eps, ignore_index)
+        out = reference.fused_linear_preference(hidden, weight, targets, ref_logps, ref_hidden, ref_weight, beta,
+                                                sft_weight, sft_reduction, eps, ignore_index)
+        _check_finite_result(op, "hidden/weight", *out)
+        return out
     rows, T = targets.shape
     y = targets.reshape(-1)
     x = hidden.reshape(rows * T, -1)
@@ -290,7 +294,9 @@ def rrpo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
     chunk = _chunk(op, chunk_size, vocab, hidden.device)
     chosen = _registry.pick(op, impl, hidden, "hidden")
     if chosen == "reference":
-        return reference.rrpo(hidden, weight, targets, ref_hidden, ref_weight, segments, beta, alpha, ignore_index)
+        out = reference.rrpo(hidden, weight, targets, ref_hidden, ref_weight, segments, beta, alpha, ignore_index)
+        _check_finite_result(op, "hidden/weight/ref_hidden/ref_weight", *out)
+        return out
     rows, T = targets.shape
     y = targets.reshape(-1)
     rx = ref_hidden.detach().reshape(rows * T, -1)
@@ -355,7 +361,9 @@ def kl_to_reference(input: torch.Tensor, ref: torch.Tensor, mask: Optional[torch
     chunk = _chunk(op, chunk_size, vocab, input.device)
     chosen = _registry.pick(op, impl, input, "input")
     if chosen == "reference":
-        return reference.kl_to_reference(input, weight, ref, ref_weight, mask, kl_mode, reduction)
+        out = reference.kl_to_reference(input, weight, ref, ref_weight, mask, kl_mode, reduction)
+        _check_finite_result(op, "input/ref", out)
+        return out
     n = math.prod(lead)
     x = input.reshape(n, input.shape[-1])
     rx = ref.detach().reshape(n, ref.shape[-1])

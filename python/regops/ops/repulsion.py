@@ -198,8 +198,9 @@ def param_repulsion(params: Sequence[torch.Tensor], anchors, *, kind: str = "inv
     if chosen == "reference":
         sums = torch.stack([((p.double() - m.double()) ** 2).sum() for p, m in zip(params, means)])
     else:
-        sums = _registry.kernel("repulsion", chosen, "fwd")(params, means).double()
-    _check_sums(sums, params, means)
+        sums = _registry.kernel("repulsion", chosen, "fwd")(params, means)
+    _check_sums(sums, params, means)  # in the dtype the sums were accumulated in: its overflow names it
+    sums = sums.double()
     weights = torch.tensor([anchors.k / p.numel() for p in params], dtype=torch.float64, device=sums.device)
     r = ((sums * weights).sum() + anchors.const) * reference.scale(normalize, len(params), anchors.k)
     if kind == "inverse" and not torch.compiler.is_compiling() and _checks.check_finite_enabled(r.device) \

@@ -9,7 +9,7 @@ import torch
 from .. import _checks, _registry
 from .._loader import has_compiled_ops
 from ..reference import orthonormal as reference
-from .orthonormal import orthonormal_penalty
+from . import orthonormal
 
 REG_OP = "sorsa_regularize_"
 
@@ -39,8 +39,8 @@ def sorsa_ortho_loss(As, Bs, *, impl=None) -> torch.Tensor:
         _checks.fail(op, "Bs", f"{n_a} matrices (one per A)", f"{n_b}")
     if n_a == 0:
         _checks.fail(op, "As", "at least one matrix", "none")
-    total = orthonormal_penalty(As, side="rows", reduction="sum", impl=impl) + \
-        orthonormal_penalty(Bs, side="cols", reduction="sum", impl=impl)
+    total = orthonormal.penalty(op, "As", As, "rows", False, "sum", impl) + \
+        orthonormal.penalty(op, "Bs", Bs, "cols", False, "sum", impl)
     return total / (2 * n_a)
 
 
@@ -66,8 +66,9 @@ def _factor_pairs(model_or_params):
 
 @torch.no_grad()
 def _fail_non_finite(i):
-    _checks.fail(REG_OP, f"mats[{i}]", "finite values", "a non-finite penalty (NaN/Inf input or overflow); no gradient "
-                 "was changed")
+    # the words of the CPU kernel's check (orthonormal_grad_accumulate_), so every impl says the same
+    _checks.fail(REG_OP, f"mats[{i}]", "finite values", "a non-finite penalty (the input holds NaN/Inf or overflows); "
+                 "no gradient was changed")
 
 
 def sorsa_regularize_(model_or_params, gamma: float, lr: float, *, impl=None) -> torch.Tensor:

@@ -78,6 +78,23 @@ if triton_available() and importlib.util.find_spec("regops.triton.spectral") is 
                                     setup_context=_power_setup_context)
 
 
+def _check_sigmas(sigma: torch.Tensor, weights: list, indices) -> None:
+    """Never a silent NaN, at the cost of L values: a non-finite σ (sigma[k] of weights[indices[k]]) names the
+    non-finite weight entry behind it, or says that the finite weight overflowed. Called before the vectors of those
+    weights are written back, so that the state of a bad weight keeps its last good vectors (not NaN for every later
+    step). Eager only; on CUDA under REGOPS_CHECK_FINITE=1."""
+    if torch.compiler.is_compiling() or not _checks.check_finite_enabled(sigma.device):
+        return
+    bad = ~torch.isfinite(sigma.detach())
+    if not bool(bad.any()):
+        return
+    i = indices[int(bad.nonzero()[0])]
+    arg = f"module_or_weights[{i}]"
+    _checks.check_finite_eager("spectral_norm_penalty", arg, weights[i].detach())
+    _checks.fail("spectral_norm_penalty", arg, "finite values",
+                 f"a spectral norm of {sigma[bad][0].item()} from finite entries (it overflows)")
+
+
 def _kernel_sigmas(chosen: str, weights: list, state, n_power_iterations: int) -> torch.Tensor:
     """σ of every weight through the compiled power iteration: one call per weight dtype (the kernels take one dtype
     per list), the matrices in the state's group order so that each group's vectors are one slice of the
@@ -96,6 +113,7 @@ def _kernel_sigmas(chosen: str, weights: list, state, n_power_iterations: int) -
         else:
             u, v = torch.cat([g.u.reshape(-1) for g in groups]), torch.cat([g.v.reshape(-1) for g in groups])
         sigma, u_new, v_new = power(mats, u, v, n_power_iterations, _NORM_EPS)
+        _check_sigmas(sigma, weights, idx)
         with torch.no_grad():
             ou = ov = 0
             for g in groups:
@@ -372,9 +390,10 @@ def spectral_norm_penalty(module_or_weights, n_power_iterations: int = 1, state:
                                     eps=_NORM_EPS)
                     t = torch.bmm(u.unsqueeze(1), mats).squeeze(1)   # Wᵀu
                     v = F.normalize(t, dim=1, eps=_NORM_EPS)
+            sig_parts.append((t * v).sum(1))   # uᵀ W v = (Wᵀu)ᵀ v
+            _check_sigmas(sig_parts[-1], weights, g.indices)
             g.u.copy_(u)
             g.v.copy_(v)
-            sig_parts.append((t * v).sum(1))   # uᵀ W v = (Wᵀu)ᵀ v
             us.append(u)
             vs.append(v)
             layout_groups.append((g.indices, offset))

@@ -136,6 +136,7 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, *, generator: Optiona
     _registry.pick(op, impl, mu, "mu")  # the reference only
     if not training:
         return mu
+    _checks.check_finite_eager(op, "mu", mu.detach())
     _checks.check_finite_eager(op, "logvar", logvar.detach())
     acc = acc_dtype(mu.dtype)
     eps = torch.randn(mu.shape, generator=generator, dtype=acc, device=mu.device)

@@ -99,12 +99,13 @@ def _schedule(op, eps_schedule, target, diameter_cost):
     if eps_schedule is None:
         return (lambda it: target), 0
     if isinstance(eps_schedule, (tuple, list)) and len(eps_schedule) == 2:
-        init, decay = float(eps_schedule[0]), float(eps_schedule[1])
+        # finite numbers (a string was float()'s bare error, an infinite init log(0)'s math domain error below)
+        init, decay = (_checks.number(op, "eps_schedule", v, what="(init > 0, decay in (0, 1])") for v in eps_schedule)
         if not (init > 0 and 0 < decay <= 1):
             _checks.fail(op, "eps_schedule", "(init > 0, decay in (0, 1])", repr(eps_schedule))
         n = 0 if init <= 1 or decay == 1 else math.ceil(math.log(1 / init) / math.log(decay))
         return (lambda it: target * max(init * decay ** it, 1.0)), n
-    s = float(eps_schedule)
+    s = _checks.number(op, "eps_schedule", eps_schedule, what="a scaling factor in (0, 1), or a pair (init, decay)")
     if not 0 < s < 1:
         _checks.fail(op, "eps_schedule", "a scaling factor in (0, 1), or a pair (init, decay)", repr(eps_schedule))
     start = diameter_cost()

@@ -73,6 +73,8 @@ def _weights(op, arg, w, B, n, like):
     if w is None:
         return torch.full((B, n), 1.0 / n, dtype=like.dtype, device=like.device)
     _checks.check_tensor(op, arg, w, ndims=(1, 2))
+    if w.is_complex():  # .to(like.dtype) would drop the imaginary part
+        _checks.fail(op, arg, "real weights", f"dtype {_checks.dtype_name(w.dtype)}", TypeError)
     if w.device != like.device:
         _checks.fail(op, arg, f"device {like.device} (as the points)", f"device {w.device}", RuntimeError)
     if w.shape[-1] != n or (w.dim() == 2 and w.shape[0] != B):
@@ -90,23 +92,28 @@ def _weights(op, arg, w, B, n, like):
 
 def _tau(op, arg, tau, B, n, like):
     if isinstance(tau, torch.Tensor):
+        if tau.is_complex():
+            _checks.fail(op, arg, "real values in (0, 1]", f"dtype {_checks.dtype_name(tau.dtype)}", TypeError)
         if tau.dim() > 2 or (tau.dim() >= 1 and tau.shape[-1] != n) or (tau.dim() == 2 and tau.shape[0] != B):
             _checks.fail(op, arg, f"a scalar, or shape ({n},) or ({B}, {n})", f"shape {tuple(tau.shape)}")
         t = tau.detach().to(device=like.device, dtype=like.dtype).expand(B, n)
         if not torch.compiler.is_compiling() and bool(((t <= 0) | (t > 1) | t.isnan()).any()):
             _checks.fail(op, arg, "values in (0, 1]", f"min {t.min().item():.6g}, max {t.max().item():.6g}")
         return t, bool((t < 1).any()) if not torch.compiler.is_compiling() else True
-    tau = float(tau)
-    if not 0 < tau <= 1:
-        _checks.fail(op, arg, "a value in (0, 1] (tau = rho/(rho + eps); 1 is balanced)", repr(tau))
+    # a number: a string was float()'s to convert, a bool passed as 1
+    tau = _checks.number(op, arg, tau, low=0, low_open=True, high=1,
+                         what="a value in (0, 1] (tau = rho/(rho + eps); 1 is balanced)")
     return torch.full((B, n), tau, dtype=like.dtype, device=like.device), tau < 1
 
 
 def _check_options(op, max_iter, tol, check_every, on_nonconvergence, relative_epsilon):
-    if not isinstance(max_iter, int) or max_iter < 1:
-        _checks.fail(op, "max_iter", "an int >= 1", repr(max_iter))
-    if not isinstance(check_every, int) or check_every < 1:
-        _checks.fail(op, "check_every", "an int >= 1", repr(check_every))
+    for arg, v in (("max_iter", max_iter), ("check_every", check_every)):
+        if isinstance(v, bool):  # an int to isinstance: max_iter=True ran one iteration
+            _checks.fail(op, arg, "an int >= 1", f"bool {v!r}", TypeError)
+        if not isinstance(v, int) or v < 1:
+            _checks.fail(op, arg, "an int >= 1", repr(v))
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, torch.Tensor, torch.SymInt, torch.SymFloat)):
+        _checks.fail(op, "tol", "a number >= 0", f"{type(tol).__name__} {tol!r}", TypeError)
     if not (tol >= 0):
         _checks.fail(op, "tol", "a number >= 0", repr(tol))
     _checks.check_choice(op, "on_nonconvergence", on_nonconvergence, ("warn", "raise", "ignore"))

@@ -266,8 +266,11 @@ def _solve(op, C_hat, n_global, rho, eps, gamma, init, *, max_iter, tol, on_nonc
         if chosen == "reference":
             plan, log_b, n_iter, err = solve_reference()
         else:
+            # the Triton kernels take float32 only (its pass runs on a float32 K whatever the logits' dtype): float64
+            # logits asked for impl="triton" by name are solved in float32, not refused by an inner Sinkhorn step
+            C_work = C_hat.float() if chosen == "triton" else C_hat
             try:
-                plan, log_b, n_iter, err = _solve_stabilized(op, C_hat, n_global, log_col, tau, eps, log_b0,
+                plan, log_b, n_iter, err = _solve_stabilized(op, C_work, n_global, log_col, tau, eps, log_b0,
                                                              max_iter=max_iter, tol=tol, chosen=chosen,
                                                              process_group=process_group)
             except FloatingPointError:
