@@ -266,8 +266,11 @@ def _solve(op, C_hat, n_global, rho, eps, gamma, init, *, max_iter, tol, on_nonc
         if chosen == "reference":
             plan, log_b, n_iter, err = solve_reference()
         else:
+            # the Triton kernels (the scaling pass and the Sinkhorn step that forms K) take float32 only: float64
+            # logits asked for impl="triton" by name run its float32 kernel matrix (the plan is float32 anyway)
+            C_kernel = C_hat.float() if chosen == "triton" else C_hat
             try:
-                plan, log_b, n_iter, err = _solve_stabilized(op, C_hat, n_global, log_col, tau, eps, log_b0,
+                plan, log_b, n_iter, err = _solve_stabilized(op, C_kernel, n_global, log_col, tau, eps, log_b0,
                                                              max_iter=max_iter, tol=tol, chosen=chosen,
                                                              process_group=process_group)
             except FloatingPointError:
