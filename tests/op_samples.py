@@ -3,7 +3,9 @@
 ``ALL[name](dtype=torch.float64, seed=0, n=7)`` returns a ``Sample`` for the public op ``regops.<name>`` (every key
 of ``regops._registry.OPS``; tests/test_op_samples.py fails when an op has none). ``n`` is the size that varies
 (a batch, row or point count; odd by default), so a test can run one op at several sizes (torch.compile's
-dynamic shapes).
+dynamic shapes): no Python number of a call follows n, since torch.compile would make it a constant.
+``VARIANTS["op[variant]"]`` are samples of other code paths of one op (a frozen head, another reduction).
+``dtype_for(name, impl)`` is the dtype a sample runs in on an impl, ``impls(name)`` the impls that run here.
 
 - ``call(impl)``: runs the op on the sample's fixed inputs with that impl. It is repeatable: state an op updates
   (an ELR buffer, ``.grad`` fields, a generator) is made anew inside each call. For a mutating op it returns what
@@ -25,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
-import torch.nn.functional as F
 
 import regops
 from regops import _registry
@@ -414,8 +415,9 @@ def _local_error_penalty(dtype=torch.float64, seed=0, n=7):
 
 @sample_for("sample_regularization_time")
 def _sample_regularization_time(dtype=torch.float64, seed=0, n=7):
+    # no tensor argument: n sizes nothing
     def call(impl):
-        return regops.sample_regularization_time(0.0, float(n), torch.Generator().manual_seed(seed), impl=impl)
+        return regops.sample_regularization_time(0.0, 2.0, torch.Generator().manual_seed(seed), impl=impl)
     return Sample(call, [], differentiable=False, returns="other", scalar=lambda out: torch.tensor(out))
 
 
@@ -492,8 +494,9 @@ def _layerwise_penalty(dtype=torch.float64, seed=0, n=7):
 def _context_embedding_reg(dtype=torch.float64, seed=0, n=7):
     m = _Maker(dtype, seed)
     E_reg, E_ref = m.randn(2, n, 4), m.randn(2, n, 4)
-    # context tokens: SOT, the prompt before and after the concept, EOT
-    return Sample(lambda impl: regops.context_embedding_reg(E_reg, E_ref, 2, eot_index=n - 2, impl=impl),
+    # context tokens: SOT, the prompt before and after the concept, EOT; padding after it (positions fixed, so
+    # that no Python int follows n: torch.compile would specialize on it)
+    return Sample(lambda impl: regops.context_embedding_reg(E_reg, E_ref, 2, eot_index=5, impl=impl),
                   [E_reg, E_ref])
 
 
@@ -502,7 +505,7 @@ def _context_attention_reg(dtype=torch.float64, seed=0, n=7):
     m = _Maker(dtype, seed)
     A_reg = [torch.softmax(m.randn(2, n, 2, 3, grad=False), 1).requires_grad_(), m.rand(2, n)]
     A_ref = [torch.softmax(m.randn(2, n, 2, 3, grad=False), 1).requires_grad_(), m.rand(2, n)]
-    return Sample(lambda impl: regops.context_attention_reg(A_reg, A_ref, 2, eot_index=n - 2, impl=impl),
+    return Sample(lambda impl: regops.context_attention_reg(A_reg, A_ref, 2, eot_index=5, impl=impl),
                   A_reg + A_ref)
 
 
@@ -561,13 +564,46 @@ def _calibrate_hyperactive_threshold(dtype=torch.float64, seed=0, n=7):
 
 ALL: dict[str, Callable[..., Sample]] = dict(sorted(SAMPLES.items()))
 
+
+# ---- other code paths of one op, for the autograd tests: "op[variant]" -> sample fn ----
+
+def op_of(label: str) -> str:
+    """The registered op of an ALL or VARIANTS key."""
+    return label.split("[", 1)[0]
+
+
+def _frozen_head(dtype=torch.float64, seed=0, n=7):
+    """A frozen head (LoRA): the kernels keep d logp/dx from the forward and skip the second pass."""
+    sample = _fused_linear_preference_loss(dtype, seed, n)
+    hidden, weight = sample.inputs
+    weight.requires_grad_(False)
+    sample.inputs, sample.aux = [hidden], sample.aux + [weight]
+    return sample
+
+
+def _kl_per_token(dtype=torch.float64, seed=0, n=7):
+    """reduction="none": the backward recomputes the chunks (mean and sum compute the gradient in the forward)."""
+    m = _Maker(dtype, seed)
+    hidden, weight = m.randn(n, 4), m.randn(6, 4, scale=0.5)
+    ref = m.randn(n, 6, grad=False)
+    return Sample(lambda impl: regops.kl_to_reference(hidden, ref, weight=weight, reduction="none", chunk_size=4,
+                                                      impl=impl),
+                  [hidden, weight], aux=[ref])
+
+
+VARIANTS: dict[str, Callable[..., Sample]] = {
+    "fused_linear_preference_loss[frozen_head]": _frozen_head,
+    "kl_to_reference[none]": _kl_per_token,
+}
+
 # Ops that take no float64 on any impl (their docstrings: float32, bfloat16, float16).
 FLOAT32_ONLY = frozenset({"graddrop_", "graddrop_keep_prob"})
 
 
 def dtype_for(name: str, impl: str) -> torch.dtype:
     """float64 where the op and the impl take it (the registry's Engine.dtypes), else float32. Anything else
-    that rejects float64 is a bug of the op, not of the sample."""
+    that rejects float64 is a bug of the op, not of the sample. name: an ALL or VARIANTS key."""
+    name = op_of(name)
     engine = _registry.OPS[name].engine
     takes = engine.dtypes.get(impl) if engine is not None else None
     if name in FLOAT32_ONLY or (takes is not None and torch.float64 not in takes):
@@ -576,9 +612,9 @@ def dtype_for(name: str, impl: str) -> torch.dtype:
 
 
 def impls(name: str) -> list:
-    """The reference and every kernel impl that runs the op on CPU tensors here."""
+    """The reference and every kernel impl that runs the op on CPU tensors here. name: an ALL or VARIANTS key."""
     from conftest import cpu_impls
-    return ["reference"] + cpu_impls(name)
+    return ["reference"] + cpu_impls(op_of(name))
 
 
 def flat_tensors(out) -> list:

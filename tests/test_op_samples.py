@@ -7,9 +7,10 @@ import torch
 
 from regops import _registry
 
-from op_samples import ALL, dtype_for, flat_tensors, impls
+from op_samples import ALL, VARIANTS, dtype_for, flat_tensors, impls
 
-CASES = [(name, impl) for name in ALL for impl in impls(name)]
+SAMPLES = {**ALL, **VARIANTS}
+CASES = [(name, impl) for name in SAMPLES for impl in impls(name)]
 KERNEL_CASES = [(name, impl) for name, impl in CASES if impl != "reference"]
 
 
@@ -30,7 +31,7 @@ def grads(sample, out):
 
 @pytest.mark.parametrize("name,impl", CASES, ids=ids(CASES))
 def test_sample_runs(name, impl):
-    sample = ALL[name](dtype_for(name, impl))
+    sample = SAMPLES[name](dtype_for(name, impl))
     out = sample.call(impl)
     kind = {"tensor": torch.Tensor, "tuple": tuple}.get(sample.returns)
     if kind is not None:
@@ -82,7 +83,7 @@ def compare(got, want, dtype, what):
 @pytest.mark.parametrize("name,impl", KERNEL_CASES, ids=ids(KERNEL_CASES))
 def test_kernel_matches_reference(name, impl):
     dtype = dtype_for(name, impl)
-    ref, kern = ALL[name](dtype_for(name, "reference")), ALL[name](dtype)
+    ref, kern = SAMPLES[name](dtype_for(name, "reference")), SAMPLES[name](dtype)
     want_out, got_out = ref.call("reference"), kern.call(impl)
     compare(flat_tensors(got_out), flat_tensors(want_out), dtype, f"{name} {impl} output")
     if kern.differentiable:
