@@ -229,11 +229,17 @@ def compare_values(got, want, dtype, what):
         torch.testing.assert_close(a.double(), b.double(), **tol, msg=lambda m: f"{what} {i}: {m}")
 
 
+@pytest.fixture
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()  # no compiled graph of this test outlives it
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name,impl", COMPILE_CASES, ids=ids(COMPILE_CASES))
-def test_compile_dynamic(name, impl):
+def test_compile_dynamic(name, impl, fresh_dynamo):
     dtype = dtype_for(name, impl)
-    torch._dynamo.reset()
     backend = CountingBackend()
     new_graphs = []
     for n in SIZES:
