@@ -27,6 +27,7 @@ from .. import _registry
 from .._constants import acc_dtype
 from .._loader import schema_registered, triton_available
 from ..contracts import logsoftmax as contract
+from ._autograd import DOUBLE_BACKWARD
 
 if schema_registered("logsoftmax_rows"):
     torch.library.register_fake("regops::logsoftmax_rows")(contract.fake_rows)
@@ -118,6 +119,46 @@ def _empty(like):
     return like.new_empty((0,))
 
 
+# ---- double backward: the kernels' gradients are differentiable once, and say so ----
+
+PUBLIC = "fused_linear_preference_loss/rrpo_loss/kl_to_reference"
+
+
+def _double_backward_error(impl: str) -> RuntimeError:
+    label = "triton" if impl == "triton" else "compiled (cpu, cuda)"
+    return RuntimeError(f"regops.{PUBLIC}: " + DOUBLE_BACKWARD.format(impl=label))
+
+
+def _scale(scale, grad, like):
+    """scale (0-dim, or (N,): one per row) times grad, in the accumulation dtype, rounded once to like's dtype."""
+    acc = acc_dtype(like.dtype)
+    s = scale.to(acc)
+    return ((s[:, None] if s.dim() == 1 else s) * grad.to(acc)).to(like.dtype)
+
+
+class _GradScale(torch.autograd.Function):
+    """A gradient the forward computed (rows or a whole tensor) times the upstream scale, differentiable once:
+    `like` (the tensor it is the gradient of) is an input so that under create_graph=True the result requires grad
+    and a gradient reaching it raises. The saved gradient is a constant to autograd: a second derivative through it
+    would silently miss its own derivative (a zero, or a wrong value where the scale carries a graph)."""
+
+    @staticmethod
+    def forward(ctx, scale, grad, like, impl):
+        ctx.impl = impl
+        return _scale(scale, grad, like)
+
+    @staticmethod
+    def backward(ctx, _grad):
+        raise _double_backward_error(ctx.impl)
+
+
+def _scaled_grad(scale, grad, like, impl):
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        return _GradScale.apply(scale, grad, like, impl)  # create_graph=True: a double backward must raise
+    # a first-order backward (or a compiled one, whose double backward AOTAutograd refuses itself)
+    return _scale(scale, grad, like)
+
+
 # ---- regops::fused_linear_logprobs: logp/kl per row, differentiable (the backward recomputes) ----
 
 @torch.library.custom_op("regops::fused_linear_logprobs", mutates_args=())
@@ -159,6 +200,17 @@ def _(grad_logp, grad_kl, x, weight, targets, ref_x, ref_weight, kl_mode, ignore
             weight.new_empty(weight.shape) if (need_dweight and weight is not None) else x.new_empty((0,)))
 
 
+def _logprobs_backward_setup(ctx, inputs, output):
+    ctx.impl = inputs[10]
+
+
+def _logprobs_backward_backward(ctx, *grads):
+    raise _double_backward_error(ctx.impl)
+
+
+fused_linear_logprobs_backward.register_autograd(_logprobs_backward_backward, setup_context=_logprobs_backward_setup)
+
+
 def _logprobs_setup(ctx, inputs, output):
     x, weight, targets, ref_x, ref_weight, kl_mode, ignore_index, chunk_size, impl, save_dlogp_dx = inputs
     dlogp_dx = output[3]
@@ -179,7 +231,7 @@ def _logprobs_backward(ctx, grad_logp, grad_kl, _grad_ref_logp, _grad_dlogp_dx):
     dx = dweight = None
     if save_dlogp_dx and not need_dweight:
         if need_dx:
-            dx = (grad_logp.to(acc)[:, None] * dlogp_dx.to(acc)).to(x.dtype)
+            dx = _scaled_grad(grad_logp, dlogp_dx, x, impl)
     elif need_dx or need_dweight:
         dx, dweight = torch.ops.regops.fused_linear_logprobs_backward(
             grad_logp, grad_kl, x, weight, targets, ref_x, ref_weight, kl_mode, ignore_index, chunk_size, impl,
@@ -225,19 +277,21 @@ def _(x, weight, targets, ref_x, ref_weight, coef_logp, coef_kl, kl_mode, ignore
 
 def _linear_setup(ctx, inputs, output):
     ctx.need = (inputs[-2], inputs[-1])
-    ctx.save_for_backward(output[3], output[4])
+    ctx.impl = inputs[10]
+    # x and weight only link the scaled gradients to the graph, so that a double backward reaches the raising op
+    ctx.save_for_backward(output[3], output[4], inputs[0], inputs[1])
     ctx.mark_non_differentiable(output[1], output[2], output[3], output[4])
 
 
 def _linear_backward(ctx, grad_loss, *_):
-    dx, dweight = ctx.saved_tensors
+    dx, dweight, x, weight = ctx.saved_tensors
     need_dx, need_dweight = ctx.need
     gx = gw = None
     if grad_loss is not None:
         if need_dx and ctx.needs_input_grad[0]:
-            gx = (grad_loss * dx).to(dx.dtype)
+            gx = _scaled_grad(grad_loss, dx, x, ctx.impl)
         if need_dweight and ctx.needs_input_grad[1]:
-            gw = (grad_loss * dweight).to(dweight.dtype)
+            gw = _scaled_grad(grad_loss, dweight, weight, ctx.impl)
     return gx, gw, None, None, None, None, None, None, None, None, None, None, None
 
 

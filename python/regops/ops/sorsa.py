@@ -103,31 +103,35 @@ def sorsa_regularize_(model_or_params, gamma: float, lr: float, *, impl=None) ->
         values = torch.ops.regops.orthonormal_grad_accumulate_(mats, grads, scale, False)
         return values.sum().to(mats[0].dtype) / (2 * len(pairs))
     # Other impls: one batched call per group of equal shapes; every update is computed before any is applied.
-    groups = defaultdict(list)
-    for i, m in enumerate(mats):
-        groups[tuple(m.shape)].append(i)
-    updates, total = [], 0.0
-    for idx in groups.values():
-        x = torch.stack([mats[i] for i in idx])
-        g = torch.full((len(idx),), scale, dtype=x.dtype, device=x.device)
-        if chosen == "reference":
-            sumsq, grad = reference.orthonormal_penalty_grad_rows(x, False, g)
-            values = sumsq.sqrt()
-        else:
-            fwd, bwd = _registry.kernel("orthonormal", chosen, "fwd"), _registry.kernel("orthonormal", chosen, "bwd")
-            try:
-                values, residual = fwd(x, False)
-            except ValueError:  # the kernel's own finiteness check (NaN/Inf, or a finite input that overflows)
-                values = reference.orthonormal_penalty_rows(x, False)
-                bad = ~torch.isfinite(values)
-                _fail_non_finite(idx[int(bad.nonzero()[0])] if bool(bad.any()) else idx[0])
-            grad = bwd(g, x, residual, False)
-        bad = ~torch.isfinite(values)
-        if _checks.check_finite_enabled(x.device) and bool(bad.any()):
-            _fail_non_finite(idx[int(bad.nonzero()[0])])
-        total = total + values.sum()
-        updates.append((idx, grad))
-    for idx, grad in updates:
-        torch._foreach_add_([grads[i] for i in idx], list(grad.unbind(0)))
-    return (total / (2 * len(pairs))).to(mats[0].dtype)
+    # Under no_grad: the value is returned detached and the .grad tensors stay leaves of no graph, as the compiled
+    # kernel's path (run below autograd) leaves them.
+    with torch.no_grad():
+        groups = defaultdict(list)
+        for i, m in enumerate(mats):
+            groups[tuple(m.shape)].append(i)
+        updates, total = [], 0.0
+        for idx in groups.values():
+            x = torch.stack([mats[i] for i in idx])
+            g = torch.full((len(idx),), scale, dtype=x.dtype, device=x.device)
+            if chosen == "reference":
+                sumsq, grad = reference.orthonormal_penalty_grad_rows(x, False, g)
+                values = sumsq.sqrt()
+            else:
+                fwd = _registry.kernel("orthonormal", chosen, "fwd")
+                bwd = _registry.kernel("orthonormal", chosen, "bwd")
+                try:
+                    values, residual = fwd(x, False)
+                except ValueError:  # the kernel's own finiteness check (NaN/Inf, or a finite input that overflows)
+                    values = reference.orthonormal_penalty_rows(x, False)
+                    bad = ~torch.isfinite(values)
+                    _fail_non_finite(idx[int(bad.nonzero()[0])] if bool(bad.any()) else idx[0])
+                grad = bwd(g, x, residual, False)
+            bad = ~torch.isfinite(values)
+            if _checks.check_finite_enabled(x.device) and bool(bad.any()):
+                _fail_non_finite(idx[int(bad.nonzero()[0])])
+            total = total + values.sum()
+            updates.append((idx, grad))
+        for idx, grad in updates:
+            torch._foreach_add_([grads[i] for i in idx], list(grad.unbind(0)))
+        return (total / (2 * len(pairs))).to(mats[0].dtype)
 
