@@ -247,6 +247,7 @@ def fused_linear_preference_loss(hidden: torch.Tensor, weight: torch.Tensor, tar
         with torch.no_grad():
             ref_tok, _, _ = _token_logps(op, ref_hidden.reshape(rows * T, -1), ref_weight, y, ignore_index, chunk,
                                          chosen, False, False)
+        _check_finite_result(op, "ref_hidden/ref_weight", ref_tok)
         ref_logps = ref_tok.view(rows, T).sum(-1)
     elif ref_logps is None:
         ref_logps = hidden.new_zeros((rows,), dtype=acc)

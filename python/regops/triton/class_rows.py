@@ -29,9 +29,10 @@ CLAMP_LOW, CLAMP_HIGH = 1e-4, 1.0 - 1e-4
 @triton.jit
 def _lse_merge(m, s, x_max, x_sum):
     m_new = tl.maximum(m, x_max)
-    # empty partials (sum 0, max -inf) must not produce inf - inf
-    a = tl.where(s > 0, s * tl.exp(m - m_new), 0.0)
-    b = tl.where(x_sum > 0, x_sum * tl.exp(x_max - m_new), 0.0)
+    # empty partials (sum 0, max -inf) must not produce inf - inf; a NaN sum (a NaN logit) must stay NaN, so that
+    # the op's finiteness check names it (a "> 0" test would drop it)
+    a = tl.where(s != 0, s * tl.exp(m - m_new), 0.0)
+    b = tl.where(x_sum != 0, x_sum * tl.exp(x_max - m_new), 0.0)
     return m_new, a + b
 
 
