@@ -45,3 +45,50 @@ def test_sinkhorn_past_2_31_pairs_equals_its_small_twin():
     offset = big.g - g_want
     assert (offset.max() - offset.min()).item() < 1e-4, (offset.min().item(), offset.max().item())
     torch.testing.assert_close(big.reg_ot_cost.double(), twin.reg_ot_cost, rtol=1e-4, atol=1e-5)
+
+
+# ---- ConR past 2³¹ pairs ----
+
+G = 3  # point i is in group i mod 3: interleaved, so a wrapped index lands in another group, of other values
+
+
+def _three_group_batch(n, dtype=torch.float32):
+    """n points on G directions, labels and preds per group: each group has positives and negatives (agedb: a
+    positive within label distance 1, a negative beyond it but within 1 in predictions), all rows of a group share
+    one loss and one gradient."""
+    angle = torch.tensor([0.0, 0.4, 2.0], dtype=torch.float64)
+    points = torch.stack([angle.cos(), angle.sin()], 1) * torch.tensor([[1.0], [2.0], [0.5]], dtype=torch.float64)
+    labels = torch.tensor([0.0, 0.5, 3.0], dtype=torch.float64)
+    preds = torch.tensor([0.2, 0.6, 0.9], dtype=torch.float64)
+    reps = n // G
+    return points.repeat(reps, 1).to(dtype), labels.repeat(reps).to(dtype), preds.repeat(reps).to(dtype), points, \
+        labels, preds
+
+
+def test_conr_past_2_31_pairs_equals_its_three_point_form():
+    """ConR on N = 46 341 points (N² > 2³¹ pairs) on 3 interleaved groups equals, value and gradient, its form as a
+    function of the 3 group points: the reference with the 3 anchors against the N (expanded) candidates, anchor
+    rows weighted by the group sizes, in float64."""
+    from regops.reference import contrastive as ref
+
+    if "cpu" not in cpu_impls("conr_loss"):
+        pytest.skip("no CPU ConR kernel in this build")
+    n = N
+    assert n % G == 0 and n * n > 2**31
+    x, y, p, points, labels, preds = _three_group_batch(n)
+    x.requires_grad_()
+    loss = regops.conr_loss(x, y, p, impl="cpu")  # agedb, its official τ, ω, push
+    (grad,) = torch.autograd.grad(loss, x)
+
+    u = points.clone().requires_grad_()
+    z = ref.normalize_rows(u)
+    temperature, threshold, push = regops.ops.conr.VARIANT_DEFAULTS["agedb"]
+    rows, _ = ref.conr_rows(z, z.repeat(n // G, 1), 0, labels[:, None], labels.repeat(n // G)[:, None], preds[:, None],
+                            preds.repeat(n // G)[:, None], torch.ones(G, dtype=torch.float64), nyud2=False,
+                            temperature=temperature, threshold=threshold, push=push, label_norm=2.0)
+    assert (rows > 0).all()  # every group has a positive and a negative: no group drops out of the check
+    want = rows.sum() * (n // G) / n
+    (want_grad,) = torch.autograd.grad(want, u)
+    torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-6)
+    # every row (the last ones lie past 2³¹ pairs) against its group's share of the group point's gradient
+    torch.testing.assert_close(grad.double(), (want_grad / (n // G)).repeat(n // G, 1), rtol=2e-3, atol=1e-9)
