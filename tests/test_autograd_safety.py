@@ -195,14 +195,8 @@ SIZES = (7, 9, 11)
 COMPILE_CASES = [(name, impl) for name in ALL for impl in impls(name)]
 # ops that make a size or their data a Python constant of the graph: a new size (or new data) recompiles
 RECOMPILES = {
-    "p2ot_plan": "-math.log(n_global) (ot/p2ot.py:153, :259) makes the row count N a constant of the solver's "
-                 "graphs: each new N compiles 2 graphs",
-    "sp2ot_plan": "each P²OT solve takes -math.log(n_global) (ot/p2ot.py:153, :259): N is a constant, each new N "
-                  "compiles 2 graphs",
     "hard_pair_mixup": "the random draws with an explicit generator (torch.randperm(n), torch._sample_dirichlet, "
                        "ops/hard_pair_mixup.py:78-80) break the graph and make N a constant: 2 graphs per new N",
-    "param_repulsion": "K > 1 anchor lists: RepulsionAnchors keeps the anchors' spread as a Python float "
-                       "(ops/repulsion.py:124), a constant of the graph: new anchor values recompile 1 graph",
     "calibrate_hyperactive_threshold": "a host-side sweep: each metric score (a Python float, ops/snn.py:149) is a "
                                        "constant of a graph; it recompiles per value up to the recompile limit "
                                        "(documented as not for torch.compile)",

@@ -115,13 +115,14 @@ class RepulsionAnchors:
             self.const = 0.0
         else:
             means64, consts = reference.anchor_stats(sets)
+            finite = torch.compiler.is_compiling() or bool(torch.isfinite(torch.stack(consts)).all())
             for i, c in enumerate(consts):
-                if c != c or c in (float("inf"), float("-inf")):
+                if not finite and not bool(torch.isfinite(c)):
                     for k, s in enumerate(sets):
                         _checks.check_finite_eager(OP, f"anchors[{k}][{i}]", s[i])
                     _checks.fail(OP, f"anchors[*][{i}]", "finite values", "a spread that overflows float64")
             self.means = [m.to(sets[0][i].dtype).contiguous() for i, m in enumerate(means64)]
-            self.const = float(sum(consts))
+            self.const = sum(consts)  # a float64 0-dim tensor
 
     def __len__(self) -> int:
         return len(self.means)

@@ -120,6 +120,12 @@ def _marginals(K, rho, eps, gamma, n_global, device):
     return log_col, tau
 
 
+def _neg_log_count(shape, n_global, dtype, device):
+    """A tensor of −log(n_global): from the count as a tensor, never math.log of it, so that under torch.compile
+    with dynamic shapes the row count stays symbolic (math.log would make each N a constant of the graph)."""
+    return torch.full(shape, 1.0, dtype=torch.float64, device=device).mul_(n_global).log_().neg_().to(dtype)
+
+
 def _init_log_b(op, init, Kc, device):
     if init is None:
         return torch.full((Kc,), -math.log(Kc), dtype=torch.float64, device=device)
@@ -149,8 +155,9 @@ def _solve_stabilized(op, C_hat, n_global, log_col, tau, eps, log_b0, *, max_ite
     sk = SinkhornKernels(chosen)
     scaling_pass = _pass(chosen)
     e1 = torch.full((1,), eps, dtype=dt, device=dev)
-    row_target = torch.full((N,), 1.0 / n_global, dtype=dt, device=dev)
-    log_row = torch.full((1, N), -math.log(n_global), dtype=dt, device=dev)
+    row_target = torch.full((N,), 1.0, dtype=dt, device=dev).div_(n_global)
+    log_row = _neg_log_count((1, N), n_global, dt, dev)
+    neg_log_n = _neg_log_count((1,), n_global, torch.float64, dev)
     ones_n = torch.ones((1, N), dtype=dt, device=dev)
     Cb = C_hat[None]
 
@@ -180,7 +187,7 @@ def _solve_stabilized(op, C_hat, n_global, log_col, tau, eps, log_b0, *, max_ite
             c = beta.double() / eps
         else:
             expo = C_hat.double().div_(-eps).add_(log_b[None, :])
-            expo = expo.add_((-math.log(n_global) - torch.logsumexp(expo, 1))[:, None])
+            expo = expo.add_((neg_log_n - torch.logsumexp(expo, 1))[:, None])
             c = log_b.clone()
         col_max = allreduce(expo.amax(0), "max")
         lift = torch.where(torch.isfinite(col_max) & (col_max < -LIFT_LOG), -col_max, torch.zeros_like(col_max))
@@ -256,7 +263,7 @@ def _solve(op, C_hat, n_global, rho, eps, gamma, init, *, max_iter, tol, on_nonc
     log_b0 = _init_log_b(op, init, K + 1, C_hat.device)
 
     def solve_reference():
-        log_row = torch.full((C_hat.shape[0],), -math.log(n_global), dtype=torch.float64, device=C_hat.device)
+        log_row = _neg_log_count((C_hat.shape[0],), n_global, torch.float64, C_hat.device)
         log_a, log_b, n_iter, err = reference.semi_relaxed_sinkhorn(
             C_hat, log_row, log_col, tau, eps, log_b0, max_iter=max_iter, tol=tol, check_every=CHECK_EVERY,
             process_group=process_group)

@@ -36,17 +36,19 @@ def official_distance(params, anchor_sets, normalize: str = "official") -> torch
 
 
 def anchor_stats(anchor_sets):
-    """Per tensor: the mean φ̄_p over the K sets (float64) and c_p = Σ_k mean((φ_{k,p} − φ̄_p)²)."""
+    """Per tensor: the mean φ̄_p over the K sets (float64) and c_p = Σ_k mean((φ_{k,p} − φ̄_p)²) (0-dim, float64)."""
     means, consts = [], []
     for p_i in range(len(anchor_sets[0])):
         stack = torch.stack([a[p_i].detach().double() for a in anchor_sets])
         mean = stack.mean(0)
         means.append(mean)
-        consts.append(float(((stack - mean) ** 2).reshape(len(anchor_sets), -1).mean(1).sum()) if mean.numel() else 0.0)
+        # a 0-dim tensor, not a float: under torch.compile a Python number would be a constant of the graph
+        consts.append(((stack - mean) ** 2).reshape(len(anchor_sets), -1).mean(1).sum() if mean.numel()
+                      else mean.new_zeros(()))
     return means, consts
 
 
-def distance_from_means(params, means, const_total: float, k: int, normalize: str) -> torch.Tensor:
+def distance_from_means(params, means, const_total, k: int, normalize: str) -> torch.Tensor:
     """R from the per-tensor anchor means: Σ_k mean((φ_k − θ)²) = K·mean((θ − φ̄)²) + c_p; float64."""
     total = sum(k * torch.mean((theta.double() - mean.double()) ** 2) for theta, mean in zip(params, means))
     return (total + const_total) * scale(normalize, len(params), k)
