@@ -76,15 +76,20 @@ WHEEL_CUDA_ARCHS = {
 FALLBACK_CUDA_ARCHS = "7.5;8.0;8.6;9.0+PTX"  # a CUDA version the table does not know yet
 
 
-def nvcc_arches():
-    """The compute capabilities this nvcc can build ("9.0", ...), from `nvcc --list-gpu-arch`; None if unknown."""
+def nvcc_output(flag):
+    """The stdout of `nvcc <flag>` (the nvcc of torch's CUDA_HOME, else the one on PATH), or None if it cannot run."""
     from torch.utils.cpp_extension import CUDA_HOME
     nvcc = os.path.join(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else shutil.which("nvcc")
     try:
-        out = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True, timeout=60).stdout
+        return subprocess.run([nvcc, flag], capture_output=True, text=True, timeout=60).stdout
     except (OSError, TypeError, subprocess.SubprocessError):
         return None
-    found = {f"{int(m.group(1)) // 10}.{int(m.group(1)) % 10}" for m in re.finditer(r"compute_(\d+)", out)}
+
+
+def nvcc_arches():
+    """The compute capabilities this nvcc can build ("9.0", ...), from `nvcc --list-gpu-arch`; None if unknown."""
+    out = nvcc_output("--list-gpu-arch")
+    found = {f"{int(m.group(1)) // 10}.{int(m.group(1)) % 10}" for m in re.finditer(r"compute_(\d+)", out or "")}
     return found or None
 
 
@@ -156,12 +161,7 @@ BUILD_FACTS_NAME = "_build_facts.json"  # regops/_loader.py reads it under this 
 
 def nvcc_version():
     """The version of the nvcc that compiles the CUDA kernels ("13.0.88"), or None when it cannot be asked."""
-    from torch.utils.cpp_extension import CUDA_HOME
-    nvcc = os.path.join(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else shutil.which("nvcc")
-    try:
-        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
-    except (OSError, TypeError, subprocess.SubprocessError):
-        return None
+    out = nvcc_output("--version") or ""
     m = re.search(r"release [\d.]+, V([\d.]+)", out) or re.search(r"release ([\d.]+)", out)
     return m.group(1) if m else None
 
