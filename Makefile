@@ -73,7 +73,8 @@ test-cmake: $(VENV_CPU)/.deps
 
 # The CPU kernels built with ASan + UBSan (CMake, against .venv-cpu's libtorch), the tests that run them under
 # the sanitizers (scripts/sanitize.sh preloads the runtimes into Python and fails on any report).
-SANITIZE_TESTS ?= tests/test_schemas.py tests/test_edge_values.py tests/test_class_rows.py tests/test_contrastive_engine.py
+SANITIZE_TESTS ?= tests/test_schemas.py tests/test_edge_values.py tests/test_class_rows.py tests/test_contrastive_engine.py \
+  tests/test_fuzz_layouts.py tests/test_size_limits.py
 sanitize: $(VENV_CPU)/.deps
 	cmake -S . -B build-sanitize -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DREGOPS_SANITIZE=address,undefined \
 	  -DCMAKE_PREFIX_PATH="$$($(VENV_CPU)/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)')"
