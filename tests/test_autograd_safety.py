@@ -195,8 +195,6 @@ SIZES = (7, 9, 11)
 COMPILE_CASES = [(name, impl) for name in ALL for impl in impls(name)]
 # ops that make a size or their data a Python constant of the graph: a new size (or new data) recompiles
 RECOMPILES = {
-    "hard_pair_mixup": "the random draws with an explicit generator (torch.randperm(n), torch._sample_dirichlet, "
-                       "ops/hard_pair_mixup.py:78-80) break the graph and make N a constant: 2 graphs per new N",
     "calibrate_hyperactive_threshold": "a host-side sweep: each metric score (a Python float, ops/snn.py:149) is a "
                                        "constant of a graph; it recompiles per value up to the recompile limit "
                                        "(documented as not for torch.compile)",

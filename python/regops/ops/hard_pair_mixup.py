@@ -72,6 +72,9 @@ class HardPairMixup(NamedTuple):
     groups: torch.Tensor       # (3N,), int64: equal exactly when the soft-label rows are equal
 
 
+# Not traced by torch.compile: a generator's draws and the loop over row blocks would make N a constant of the
+# graph (a recompile for every new batch size); run eagerly, the graphs around them keep N symbolic.
+@torch.compiler.disable
 def draw(n: int, alpha: float, generator, device: torch.device):
     """The random numbers of one call: (π, raw λ1, raw λ2), π int64 (N,), λ float64 (N,), on `device`."""
     dev = generator.device if generator is not None else device
@@ -81,6 +84,7 @@ def draw(n: int, alpha: float, generator, device: torch.device):
     return perm.to(device), lam[0].to(device), lam[1].to(device)
 
 
+@torch.compiler.disable
 @torch.no_grad()
 def hard_pair_indices(features: torch.Tensor, labels: torch.Tensor, mining: str = "official",
                       block_rows: int | None = None):
