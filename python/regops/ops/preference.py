@@ -307,8 +307,13 @@ def rrpo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
     tok, kl, ref_tok = _token_logps(op, hidden.reshape(rows * T, -1), weight, y, ignore_index, chunk, chosen,
                                     need_dx, need_dweight, rx, ref_weight.detach().to(hidden.dtype),
                                     reference.FORWARD_KL)
-    _check_finite_result(op, "hidden/weight/ref_hidden/ref_weight", tok, kl)
     valid = targets != ignore_index
+    # only the values the loss reads, as on the reference (whose check sees the outputs): the log-probs of the
+    # tokens in a segment, the KL of the chosen responses' tokens
+    tok_read = ((segments != 0) & valid).reshape(-1)
+    kl_read = (valid & (torch.arange(rows, device=valid.device) < rows // 2)[:, None]).reshape(-1)
+    _check_finite_result(op, "hidden/weight/ref_hidden/ref_weight", torch.where(tok_read, tok, 0),
+                         torch.where(tok_read, ref_tok, 0), torch.where(kl_read, kl, 0))
     return reference.rrpo_from_token_logps(tok.view(rows, T), ref_tok.view(rows, T), kl.view(rows, T), valid,
                                            segments, beta, alpha)
 
