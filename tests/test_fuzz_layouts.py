@@ -25,7 +25,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
-from op_samples import ALL, VARIANTS, dtype_for, flat_tensors, impls, op_of
+from op_samples import ALL, VARIANTS, dtype_for, flat_tensors, impls
 
 SAMPLES = {**ALL, **VARIANTS}
 CASES = [(name, impl) for name in SAMPLES for impl in impls(name) if impl != "reference"]
